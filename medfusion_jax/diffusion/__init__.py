@@ -1,0 +1,1 @@
+"""Noise schedule, forward process and the DDIM sampler."""

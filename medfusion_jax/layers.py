@@ -1,0 +1,273 @@
+"""Building blocks of Medfusion's networks (spec section 3), in Flax NNX, channels-last (NHWC).
+
+Every layer reproduces the PyTorch/MONAI original exactly:
+
+- convolutions pad symmetrically with p = (k - s + 1) // 2 like MONAI's padding rule (Flax's 'SAME'
+  pads (0, 1) for a 3x3/stride-2 conv on even inputs and would give different outputs);
+- GroupNorm uses eps 1e-5 and the two-pass variance, like ``torch.nn.GroupNorm``;
+- weights start from PyTorch's defaults (kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)) for conv and
+  linear weights *and* biases, GroupNorm (1, 0), Embedding N(0, 1)), and the layers the reference
+  zero-initialises start at zero, so a fresh model behaves like a fresh original.
+
+Parameter names are chosen so that the dotted path of a parameter in our modules equals the key of the
+PyTorch state_dict up to the leaf name (``kernel``/``scale``/``embedding`` -> ``weight``); the few
+places where PyTorch uses ``nn.Sequential`` indices are mapped in :mod:`medfusion_jax.convert`.
+
+Compute dtype: every layer takes ``dtype`` (the dtype of its computation, e.g. ``jnp.bfloat16``);
+parameters stay float32. GroupNorm statistics are always computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Dtype = Any
+
+
+def same_padding(kernel_size: int, stride: int) -> int:
+    """MONAI's ``get_padding``: the symmetric padding every conv of Medfusion uses."""
+    return (kernel_size - stride + 1) // 2
+
+
+def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def nearest_exact_resize(x: jax.Array, height: int, width: int) -> jax.Array:
+    """``F.interpolate(mode='nearest-exact')`` on NHWC: output pixel i reads input floor((i + 0.5) * in / out).
+
+    An exact 2x upsampling duplicates each pixel; an exact halving picks the odd rows and columns.
+    """
+    in_h, in_w = x.shape[1], x.shape[2]
+    if height % in_h == 0 and width % in_w == 0:
+        # Integer upsampling: a broadcast is cheaper than a gather and gives the same result.
+        return jnp.repeat(jnp.repeat(x, height // in_h, axis=1), width // in_w, axis=2)
+    rows = np.minimum(np.floor((np.arange(height) + 0.5) * in_h / height).astype(np.int32), in_h - 1)
+    cols = np.minimum(np.floor((np.arange(width) + 0.5) * in_w / width).astype(np.int32), in_w - 1)
+    return x[:, rows][:, :, cols]
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution, NHWC input, HWIO kernel, symmetric padding (k - s + 1) // 2, with bias."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        zero_init: bool = False,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        shape = (kernel_size, kernel_size, in_channels, out_channels)
+        if zero_init:
+            kernel = jnp.zeros(shape, jnp.float32)
+            bias = jnp.zeros((out_channels,), jnp.float32)
+        else:
+            bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+            kernel = _uniform(rngs.params(), shape, bound)
+            bias = _uniform(rngs.params(), (out_channels,), bound)
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(bias)
+        self.stride = stride
+        self.padding = same_padding(kernel_size, stride)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.padding
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + self.bias[...].astype(self.dtype)
+
+
+class Linear(nnx.Module):
+    """``torch.nn.Linear`` with its default initialisation; kernel stored [in, out]."""
+
+    def __init__(self, in_features: int, out_features: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        bound = 1.0 / math.sqrt(in_features)
+        self.kernel = nnx.Param(_uniform(rngs.params(), (in_features, out_features), bound))
+        self.bias = nnx.Param(_uniform(rngs.params(), (out_features,), bound))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+
+class Embedding(nnx.Module):
+    """``torch.nn.Embedding``: a lookup table initialised N(0, 1)."""
+
+    def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(jax.random.normal(rngs.params(), (num_embeddings, features), jnp.float32))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm(groups, C, eps=1e-5, affine=True)`` on NHWC; contiguous channel groups."""
+
+    def __init__(self, num_channels: int, num_groups: int, *, eps: float = 1e-5, dtype: Dtype = jnp.float32):
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels cannot be split into {num_groups} groups")
+        self.scale = nnx.Param(jnp.ones((num_channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_channels,), jnp.float32))
+        self.num_groups = num_groups
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        g = self.num_groups
+        xg = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
+        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+        # Two-pass variance like PyTorch: E[(x - mean)^2], not E[x^2] - E[x]^2.
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, h, w, c)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class BasicBlock(nnx.Module):
+    """conv k/s/p -> [GroupNorm] -> [Swish]; Dropout(p=0) of the reference is a no-op and omitted."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        norm_groups: int | None = None,
+        act: bool = False,
+        zero_conv: bool = False,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, zero_init=zero_conv, dtype=dtype, rngs=rngs)
+        self.norm = GroupNorm(out_channels, norm_groups, dtype=dtype) if norm_groups else None
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.act:
+            x = jax.nn.silu(x)
+        return x
+
+
+class BasicResBlock(nnx.Module):
+    """BasicBlock(x) + R(x); R is a 1x1 conv (stride s) when the channel count changes, else identity.
+
+    The residual is added after the activation and nothing follows the sum, as in the reference.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        norm_groups: int,
+        zero_conv: bool = False,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.basic_block = BasicBlock(
+            in_channels, out_channels, kernel_size, stride,
+            norm_groups=norm_groups, act=True, zero_conv=zero_conv, dtype=dtype, rngs=rngs,
+        )
+        self.conv_res = (
+            Conv2d(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x if self.conv_res is None else self.conv_res(x)
+        return self.basic_block(x) + residual
+
+
+class UnetResBlock(nnx.Module):
+    """Two BasicResBlocks (in->out, out->out); the second conv starts at zero.
+
+    With an embedding e, Linear(Swish(e)) is added (broadcast over H, W) after the first sub-block only.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        norm_groups: int,
+        emb_channels: int | None = None,
+        dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.block_seq = nnx.List([
+            BasicResBlock(in_channels, out_channels, kernel_size, stride, norm_groups=norm_groups, dtype=dtype, rngs=rngs),
+            BasicResBlock(
+                out_channels, out_channels, kernel_size, 1,
+                norm_groups=norm_groups, zero_conv=True, dtype=dtype, rngs=rngs,
+            ),
+        ])
+        self.local_embedder = Linear(emb_channels, out_channels, dtype=dtype, rngs=rngs) if emb_channels else None
+
+    def __call__(self, x: jax.Array, emb: jax.Array | None = None) -> jax.Array:
+        h = self.block_seq[0](x)
+        if emb is not None and self.local_embedder is not None:
+            h = h + self.local_embedder(jax.nn.silu(emb))[:, None, None, :]
+        return self.block_seq[1](h)
+
+
+class BasicDown(nnx.Module):
+    """Learnable downsampling: a plain strided conv k/s/p (no norm, no activation)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.down_op = Conv2d(in_channels, out_channels, kernel_size, stride, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_op(x)
+
+
+class BasicUp(nnx.Module):
+    """Learnable upsampling: nearest-exact resize to (n - 1) * s + k_up - 2 * p(k_up, s), then conv 3/1/1.
+
+    With k_up = s = 2 (every Medfusion config) the resize is an exact 2x pixel duplication.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
+                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.up_op = Conv2d(in_channels, out_channels, 3, 1, dtype=dtype, rngs=rngs)
+
+    def output_size(self, n: int) -> int:
+        return (n - 1) * self.stride + self.kernel_size - 2 * same_padding(self.kernel_size, self.stride)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nearest_exact_resize(x, self.output_size(x.shape[1]), self.output_size(x.shape[2]))
+        return self.up_op(x)
+
+
+def check_attention(use_attention: str) -> None:
+    """Only ``'none'`` (an identity without parameters) is used by every Medfusion config."""
+    if use_attention != "none":
+        raise ValueError(
+            f"use_attention={use_attention!r} is not supported: every Medfusion configuration uses 'none' "
+            "(spec section 3)"
+        )
