@@ -82,10 +82,14 @@ class Conv2d(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return self.with_kernel(x, self.kernel[...])
+
+    def with_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """This convolution with ``kernel`` in place of its own (to differentiate with respect to it)."""
         p = self.padding
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype),
-            self.kernel[...].astype(self.dtype),
+            kernel.astype(self.dtype),
             window_strides=(self.stride, self.stride),
             padding=((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -31,7 +31,9 @@ def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     half = dim // 2
     freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * (-math.log(10000.0) / (half - 1)))
     angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    # An odd dimension gets one zero column, as the reference pads it.
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
 class TimeEmbedding(nnx.Module):

@@ -151,15 +151,23 @@ class VAE(nnx.Module):
         return self.posterior(x)[0]
 
     # -- decoder -------------------------------------------------------------------------------
-    def _decode(self, z: jax.Array, with_heads: bool) -> tuple[jax.Array, list[jax.Array]]:
+    def decoder_features(self, z: jax.Array, with_heads: bool = True) -> tuple[jax.Array, list[jax.Array]]:
+        """Inputs of the output convs: (input of ``outc``, [input of ``outc_ver[j]`` for each head j]).
+
+        Exposed because VAEGAN's adaptive weight differentiates through these last layers.
+        """
         check_image(z, self.emb_channels, 1, "VAE latent")
         h = self.inc_dec(z)
-        heads: dict[int, jax.Array] = {}
+        head_inputs: dict[int, jax.Array] = {}
         for i in reversed(range(len(self.decoders))):
             if with_heads and i < len(self.outc_ver):
-                heads[i] = self.outc_ver[i](h)
+                head_inputs[i] = h
             h = self.decoders[i](h)
-        return self.outc(h), [heads[j] for j in sorted(heads)]
+        return h, [head_inputs[j] for j in sorted(head_inputs)]
+
+    def _decode(self, z: jax.Array, with_heads: bool) -> tuple[jax.Array, list[jax.Array]]:
+        h, head_inputs = self.decoder_features(z, with_heads)
+        return self.outc(h), [head(f) for head, f in zip(self.outc_ver, head_inputs)]
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Latent -> image (unbounded; no tanh), without the deep-supervision heads."""

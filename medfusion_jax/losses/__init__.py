@@ -1,0 +1,1 @@
+"""Training losses of Medfusion: SSIM, the autoencoder reconstruction loss, GAN losses, diffusion loss."""
