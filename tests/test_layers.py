@@ -1,0 +1,56 @@
+"""Layers against direct numpy formulas of the PyTorch semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from medfusion_jax.layers import Conv2d, GroupNorm, nearest_exact_resize, same_padding
+
+
+def numpy_conv_nchw(x, w, b, stride, pad):
+    """Direct PyTorch-semantics conv (NCHW, OIHW, symmetric zero padding)."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, _, h, wd = x.shape
+    o, _, k, _ = w.shape
+    oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out + b[None, :, None, None]
+
+
+def test_strided_conv_pads_symmetrically_like_pytorch():
+    assert [same_padding(k, s) for k, s in [(3, 1), (3, 2), (1, 1), (1, 2)]] == [1, 1, 0, 0]
+    conv = Conv2d(3, 5, 3, 2, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    ours = conv(jnp.asarray(x.transpose(0, 2, 3, 1)))
+    w = np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)
+    ref = numpy_conv_nchw(x, w, np.asarray(conv.bias[...]), 2, 1)
+    np.testing.assert_allclose(np.asarray(ours).transpose(0, 3, 1, 2), ref, atol=1e-5)
+    # Flax's 'SAME' would pad (0, 1) here and differ: the test above would catch that.
+
+
+def test_group_norm_matches_torch_formula():
+    x = np.random.default_rng(1).normal(3.0, 2.0, size=(2, 4, 4, 16)).astype(np.float32)
+    gn = GroupNorm(16, 8)
+    gn.scale[...] = jnp.linspace(0.5, 1.5, 16)
+    gn.bias[...] = jnp.linspace(-1, 1, 16)
+    g = x.reshape(2, 4, 4, 8, 2).astype(np.float64)
+    ref = (g - g.mean(axis=(1, 2, 4), keepdims=True)) / np.sqrt(g.var(axis=(1, 2, 4), keepdims=True) + 1e-5)
+    ref = ref.reshape(2, 4, 4, 16) * np.linspace(0.5, 1.5, 16) + np.linspace(-1, 1, 16)
+    np.testing.assert_allclose(gn(jnp.asarray(x)), ref, atol=1e-5)
+
+
+def test_nearest_exact_duplicates_when_upsampling_and_picks_odd_pixels_when_halving():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    up = nearest_exact_resize(x, 8, 8)
+    np.testing.assert_array_equal(up[0, ::2, ::2, 0], x[0, :, :, 0])
+    np.testing.assert_array_equal(up[0, 1::2, 1::2, 0], x[0, :, :, 0])
+    down = nearest_exact_resize(x, 2, 2)
+    np.testing.assert_array_equal(down[0, :, :, 0], x[0, 1::2, 1::2, 0])
+    # A non-integer ratio uses floor((i + 0.5) * in / out).
+    np.testing.assert_array_equal(nearest_exact_resize(jnp.arange(5.0).reshape(1, 5, 1, 1), 3, 1)[0, :, 0, 0],
+                                  jnp.array([0.0, 2.0, 4.0]))
