@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
+	$(PY) -m medfusion_jax.convert verify tests/data/goldens/*/
 	$(PY) -m eval.sample --random-init --out runs/demo
 
 bench: $(STAMP)
