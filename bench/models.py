@@ -42,7 +42,24 @@ CONFIGS = {
     "paper-vae": dict(kind="vae", batch=8, image=(256, 256, 3),
                       model=dict(emb_channels=8, deep_supervision=1)),
 }
+# Dense peak FLOP/s by device kind and compute dtype (vendor figures), for the fraction of peak.
+PEAK_FLOPS = {
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H100 80GB HBM3", "float32"): 67e12,
+    ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 67e12,
+}
 GROUPS = {"small": ["small-unet", "small-vae"], "paper": ["paper-unet", "paper-vae"]}
+
+
+def compiled_flops(jitted, *args) -> float | None:
+    """Model FLOPs of one call from XLA's cost analysis (None where the backend does not report it)."""
+    try:
+        cost = jitted.lower(*args).compile().cost_analysis()
+    except Exception:  # noqa: BLE001 - cost analysis is best-effort and backend-dependent
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if not cost:
+        return None
+    return float(cost.get("flops", 0.0)) or None
 
 
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -88,18 +105,19 @@ def unet_benchmarks(cfg, dtype, repeats, ddim_steps):
         return optax.apply_updates(params, updates), opt_state, loss
 
     t = jnp.full((batch,), 500)
-    results = {"forward": timeit(lambda: forward(params, x0, t), repeats)}
+    results = {"forward": (timeit(lambda: forward(params, x0, t), repeats), compiled_flops(forward, params, x0, t))}
+    flops = compiled_flops(train_step, params, opt_state, key)
     state = [params, opt_state]
 
     def one_step():
         state[0], state[1], loss = train_step(state[0], state[1], key)
         return loss
 
-    results["train_step"] = timeit(one_step, repeats)
+    results["train_step"] = (timeit(one_step, repeats), flops)
     if ddim_steps:
-        results[f"ddim_{ddim_steps}"] = timeit(
+        results[f"ddim_{ddim_steps}"] = (timeit(
             lambda: sample_latents(model, schedule, key, (batch, *latent), labels, num_steps=ddim_steps),
-            max(1, repeats // 5), warmup=1)
+            max(1, repeats // 5), warmup=1), None)
     return results
 
 
@@ -128,14 +146,15 @@ def vae_benchmarks(cfg, dtype, repeats):
         return optax.apply_updates(params, updates), opt_state, loss
 
     key = jax.random.key(1)
-    results = {"forward": timeit(lambda: forward(params, key), repeats)}
+    results = {"forward": (timeit(lambda: forward(params, key), repeats), compiled_flops(forward, params, key))}
+    flops = compiled_flops(train_step, params, opt_state, key)
     state = [params, opt_state]
 
     def one_step():
         state[0], state[1], loss = train_step(state[0], state[1], key)
         return loss
 
-    results["train_step"] = timeit(one_step, repeats)
+    results["train_step"] = (timeit(one_step, repeats), flops)
     return results
 
 
@@ -148,9 +167,14 @@ def run(names, dtype_name, repeats, ddim_steps):
             res = unet_benchmarks(cfg, dtype, repeats, ddim_steps)
         else:
             res = vae_benchmarks(cfg, dtype, repeats)
-        for what, seconds in res.items():
+        kind = jax.devices()[0].device_kind
+        for what, (seconds, flops) in res.items():
             record = dict(config=name, what=what, dtype=dtype_name, batch=cfg["batch"],
                           ms_per_call=round(1e3 * seconds, 2), img_per_s=round(cfg["batch"] / seconds, 2))
+            if flops:
+                record["tflop_per_s"] = round(flops / seconds / 1e12, 2)
+                if (kind, dtype_name) in PEAK_FLOPS:
+                    record["fraction_of_peak"] = round(flops / seconds / PEAK_FLOPS[(kind, dtype_name)], 3)
             print(json.dumps(record), flush=True)
             out[(name, what)] = record
     return out
