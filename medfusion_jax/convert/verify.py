@@ -23,7 +23,12 @@ from medfusion_jax.convert.reference import build_from_reference, reference_clas
 from medfusion_jax.convert.state_dict import load_state_dict
 from medfusion_jax.diffusion.sampler import ddim_sample, sample_latents
 from medfusion_jax.diffusion.schedule import ddim_timesteps, make_schedule, q_sample, x0_from_eps
-from medfusion_jax.losses.autoencoder import head_target_nearest_exact, reconstruction_loss, ssim_loss
+from medfusion_jax.losses.autoencoder import (
+    head_target_area,
+    head_target_nearest_exact,
+    reconstruction_loss,
+    ssim_loss,
+)
 from medfusion_jax.losses.gan import generator_adversarial_loss, hinge_d_loss, vaegan_losses
 from medfusion_jax.models.unet import sinusoidal_embedding
 
@@ -153,9 +158,7 @@ def _verify_vaegan(folder, config, c: _Collector):
     c.check("pred", lambda: terms["pred_0"])
     for j in range(len(model.vqvae.outc_ver)):
         c.check(f"pred_hor_{j}", lambda j=j: terms[f"pred_{j + 1}"])
-        c.check(f"target_hor_{j}_area", lambda j=j: x.reshape(
-            x.shape[0], terms[f"pred_{j + 1}"].shape[1], -1, terms[f"pred_{j + 1}"].shape[2], x.shape[2]
-            // terms[f"pred_{j + 1}"].shape[2], x.shape[3]).mean(axis=(2, 4)))
+        c.check(f"target_hor_{j}_area", lambda j=j: head_target_area(x, terms[f"pred_{j + 1}"]))
     c.check("kl", lambda: terms["kl"])
     for d in range(1 + len(model.vqvae.outc_ver)):
         for name in ("rec_loss", "gan_loss_raw", "lambda"):
