@@ -78,6 +78,18 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
+def time_train_step(train_step, params, opt_state, key, repeats) -> tuple[float, float | None]:
+    """(seconds, FLOPs) of ``train_step(params, opt_state, key) -> (params, opt_state, loss)``, state carried."""
+    flops = model_flops(train_step, params, opt_state, key)
+    state = [params, opt_state]
+
+    def one_step():
+        state[0], state[1], loss = train_step(state[0], state[1], key)
+        return loss
+
+    return timeit(one_step, repeats), flops
+
+
 def unet_benchmarks(cfg, dtype, repeats, ddim_steps):
     batch, latent = cfg["batch"], cfg["latent"]
     model = UNet(**cfg["model"], dtype=dtype, rngs=nnx.Rngs(0))
@@ -110,14 +122,7 @@ def unet_benchmarks(cfg, dtype, repeats, ddim_steps):
 
     t = jnp.full((batch,), 500)
     results = {"forward": (timeit(lambda: forward(params, x0, t), repeats), model_flops(forward, params, x0, t))}
-    flops = model_flops(train_step, params, opt_state, key)
-    state = [params, opt_state]
-
-    def one_step():
-        state[0], state[1], loss = train_step(state[0], state[1], key)
-        return loss
-
-    results["train_step"] = (timeit(one_step, repeats), flops)
+    results["train_step"] = time_train_step(train_step, params, opt_state, key, repeats)
     if ddim_steps:
         results[f"ddim_{ddim_steps}"] = (timeit(
             lambda: sample_latents(model, schedule, key, (batch, *latent), labels, num_steps=ddim_steps),
@@ -151,14 +156,7 @@ def vae_benchmarks(cfg, dtype, repeats):
 
     key = jax.random.key(1)
     results = {"forward": (timeit(lambda: forward(params, key), repeats), model_flops(forward, params, key))}
-    flops = model_flops(train_step, params, opt_state, key)
-    state = [params, opt_state]
-
-    def one_step():
-        state[0], state[1], loss = train_step(state[0], state[1], key)
-        return loss
-
-    results["train_step"] = (timeit(one_step, repeats), flops)
+    results["train_step"] = time_train_step(train_step, params, opt_state, key, repeats)
     return results
 
 
