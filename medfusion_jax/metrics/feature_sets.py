@@ -1,0 +1,95 @@
+"""A side of an FID comparison: Inception features of an image folder, or a saved statistics file.
+
+Saved files (``.npz``) come in three kinds, all accepted by :func:`load_feature_set`:
+
+- ours (:meth:`FeatureSet.save`): ``features`` [N, 2048] float32 and ``labels`` (class names) —
+  enough for FID, precision/recall and per-class results;
+- ``num``/``sum``/``outer_sum`` (:meth:`~medfusion_jax.metrics.fid.FeatureStats.save`): FID only;
+- pytorch-fid's ``mu``/``sigma``: FID only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medfusion_jax.metrics.fid import FeatureStats
+from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Features (when known) and the Gaussian statistics of one side."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    num: int
+    features: np.ndarray | None = None
+    labels: np.ndarray | None = None  # class name per sample ('' without class folders)
+    source: str = ""
+
+    @classmethod
+    def from_features(cls, features: np.ndarray, labels: np.ndarray | None = None, source: str = "") -> "FeatureSet":
+        stats = FeatureStats.from_features(features)
+        if labels is None:
+            labels = np.full(len(features), "", dtype=object)
+        return cls(stats.mean, stats.cov, stats.num, np.asarray(features, np.float32), np.asarray(labels), source)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels.tolist())) if self.labels is not None else []
+
+    def subset(self, label: str) -> "FeatureSet":
+        if self.features is None or self.labels is None:
+            raise ValueError(f"{self.source or 'this feature set'} has no per-sample features")
+        mask = self.labels == label
+        return FeatureSet.from_features(self.features[mask], self.labels[mask], f"{self.source}[{label}]")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Features and labels as ``.npz`` (the statistics are recomputed from them on load)."""
+        if self.features is None:
+            raise ValueError("only a feature set with per-sample features can be saved")
+        np.savez(path, features=self.features, labels=np.asarray(self.labels, dtype=str))
+
+
+def load_feature_set(path: str | os.PathLike) -> FeatureSet:
+    """Read a saved feature or statistics file (any of the three kinds of the module docstring)."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read statistics file {path}: {err}") from err
+    with data:
+        keys = set(data.files)
+        if "features" in keys:
+            labels = data["labels"].astype(object) if "labels" in keys else None
+            return FeatureSet.from_features(data["features"], labels, str(path))
+        if {"num", "sum", "outer_sum"} <= keys:
+            stats = FeatureStats.load(path)
+            return FeatureSet(stats.mean, stats.cov, stats.num, source=str(path))
+        if {"mu", "sigma"} <= keys:
+            return FeatureSet(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), -1, source=str(path))
+    raise ValueError(f"{path} is not a statistics file: expected 'features', 'num/sum/outer_sum' or 'mu/sigma'")
+
+
+def folder_feature_set(folder: str | os.PathLike, extractor, *, progress: bool = True) -> FeatureSet:
+    """Inception features of every image of ``folder`` (class sub-folders allowed)."""
+    files = list_image_files(folder)
+    pool = extractor.extract(iter_images(files), total=len(files), progress=progress, desc=str(folder))["pool"]
+    return FeatureSet.from_features(pool, np.array([f.label for f in files], dtype=object), str(folder))
+
+
+def resolve_feature_set(source: str | os.PathLike, extractor_factory, *, progress: bool = True) -> FeatureSet:
+    """A folder of images (features extracted with ``extractor_factory()``) or a saved ``.npz`` file."""
+    path = Path(source)
+    if path.is_dir():
+        return folder_feature_set(path, extractor_factory(), progress=progress)
+    if path.is_file():
+        return load_feature_set(path)
+    raise ImageFilesError(
+        f"{source} is neither an image folder nor a statistics file (dataset names with --data-dir are "
+        "not supported yet: export the images to a folder)"
+    )

@@ -1,0 +1,160 @@
+"""Reconstruction metrics of the paper's autoencoder table: MS-SSIM and MSE per image, mean +- std.
+
+:func:`ms_ssim` follows TorchMetrics 0.11's ``multiscale_structural_similarity_index_measure`` as
+Medfusion's ``scripts/evaluate_latent_embedder.py`` called it (one image per call):
+
+- 11x11 Gaussian window with sigma 1.5, k1 = 0.01, k2 = 0.03, 5 scales with betas
+  (0.0448, 0.2856, 0.3001, 0.2363, 0.1333) and 2x2 average pooling (floor) between scales;
+- TorchMetrics reflect-pads by 5, filters, then crops 5 pixels from each border: that is exactly the
+  valid (unpadded) filtering done here;
+- ``data_range=None`` means ``max(range(preds), range(target))``, recomputed at every scale from the
+  pooled images — per image here, as the reference computed it one image at a time;
+- ``normalize='relu'`` clamps the similarity and contrast terms at 0 at every scale;
+- result = prod_{s<4} cs_s^beta_s * sim_4^beta_4.
+
+Images are NHWC floats (the reference used [0, 1]).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def gaussian_window(sigma: float = 1.5) -> np.ndarray:
+    """TorchMetrics' 2-D Gaussian window, size ``int(3.5 sigma + 0.5) * 2 + 1``, float32, summing to 1."""
+    size = int(3.5 * sigma + 0.5) * 2 + 1
+    dist = np.arange((1 - size) / 2, (1 + size) / 2, 1, dtype=np.float32)
+    g = np.exp(-((dist / np.float32(sigma)) ** 2) / 2)
+    g = g / g.sum()
+    return np.outer(g, g).astype(np.float32)
+
+
+def _data_range(preds: jax.Array, target: jax.Array) -> jax.Array:
+    """Per image: max(range(preds), range(target)), shaped [B, 1, 1, 1]."""
+    axes = (1, 2, 3)
+    r = jnp.maximum(
+        jnp.max(preds, axes) - jnp.min(preds, axes), jnp.max(target, axes) - jnp.min(target, axes)
+    )
+    return r[:, None, None, None]
+
+
+def _ssim_and_cs(preds, target, window, data_range, k1, k2):
+    """Mean SSIM and mean contrast-sensitivity term per image over the valid filter positions."""
+    c = preds.shape[-1]
+    kernel = jnp.tile(jnp.asarray(window)[:, :, None, None], (1, 1, 1, c))
+    stacked = jnp.concatenate([preds, target, preds * preds, target * target, preds * target], axis=0)
+    out = jax.lax.conv_general_dilated(
+        stacked,
+        kernel,
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    mu_p, mu_t, e_pp, e_tt, e_pt = jnp.split(out, 5, axis=0)
+    mu_pp, mu_tt, mu_pt = mu_p**2, mu_t**2, mu_p * mu_t
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    upper = 2 * (e_pt - mu_pt) + c2
+    lower = (e_pp - mu_pp) + (e_tt - mu_tt) + c2
+    ssim_map = ((2 * mu_pt + c1) * upper) / ((mu_pp + mu_tt + c1) * lower)
+    cs_map = upper / lower
+    return jnp.mean(ssim_map, axis=(1, 2, 3)), jnp.mean(cs_map, axis=(1, 2, 3))
+
+
+def _check_pair(preds: jax.Array, target: jax.Array) -> None:
+    if preds.shape != target.shape or preds.ndim != 4:
+        raise ValueError(f"expected two NHWC batches of the same shape, got {preds.shape} and {target.shape}")
+
+
+def ssim(
+    preds: jax.Array,
+    target: jax.Array,
+    *,
+    data_range: float | None = None,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
+    """Single-scale SSIM per image [B] (TorchMetrics semantics; ``data_range=None`` is per image)."""
+    preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
+    _check_pair(preds, target)
+    return _ssim(preds, target, data_range, sigma, k1, k2)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _ssim(preds, target, data_range, sigma, k1, k2):
+    dr = _data_range(preds, target) if data_range is None else jnp.float32(data_range)
+    return _ssim_and_cs(preds, target, gaussian_window(sigma), dr, k1, k2)[0]
+
+
+def ms_ssim(
+    preds: jax.Array,
+    target: jax.Array,
+    *,
+    data_range: float | None = None,
+    betas: tuple[float, ...] = BETAS,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    normalize: str | None = "relu",
+) -> jax.Array:
+    """Multi-scale SSIM per image [B] of NHWC batches, as TorchMetrics 0.11 (see the module docstring).
+
+    ``normalize`` is ``'relu'`` (the paper's setting), ``'simple'`` (``(x + 1) / 2`` of the stacked
+    terms) or ``None``.
+    """
+    if normalize not in ("relu", "simple", None):
+        raise ValueError(f"normalize must be 'relu', 'simple' or None, got {normalize!r}")
+    preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
+    _check_pair(preds, target)
+    div = max(1, len(betas) - 1) ** 2
+    size = gaussian_window(sigma).shape[0]
+    for axis, name in ((1, "height"), (2, "width")):
+        # TorchMetrics 0.11's size rule (it divides by (scales - 1)^2, not 2^(scales - 1)).
+        if preds.shape[axis] // div <= size - 1:
+            raise ValueError(
+                f"for {len(betas)} scales the image {name} must be larger than {(size - 1) * div}, "
+                f"got {preds.shape[axis]}"
+            )
+    return _ms_ssim(preds, target, data_range, tuple(betas), sigma, k1, k2, normalize)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _ms_ssim(preds, target, data_range, betas, sigma, k1, k2, normalize):
+    window = gaussian_window(sigma)
+    terms = []
+    for scale in range(len(betas)):
+        dr = _data_range(preds, target) if data_range is None else jnp.float32(data_range)
+        sim, cs = _ssim_and_cs(preds, target, window, dr, k1, k2)
+        if normalize == "relu":
+            sim, cs = jax.nn.relu(sim), jax.nn.relu(cs)
+        terms.append(sim if scale == len(betas) - 1 else cs)
+        preds = jax.lax.reduce_window(preds, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+        target = jax.lax.reduce_window(target, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+    stack = jnp.stack(terms)
+    if normalize == "simple":
+        stack = (stack + 1) / 2
+    return jnp.prod(stack ** jnp.asarray(betas, jnp.float32)[:, None], axis=0)
+
+
+def mse_per_image(preds: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error of each image over its pixels and channels [B]."""
+    preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
+    _check_pair(preds, target)
+    return jnp.mean((preds - target) ** 2, axis=(1, 2, 3))
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and unbiased standard deviation (``torch.std``), as the paper's tables report them."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("mean_std of no values")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")

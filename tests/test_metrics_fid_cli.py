@@ -1,0 +1,85 @@
+"""``python -m eval.fid``: folders with classes, saved statistics, per-class rows, JSON, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import fid as cli
+from medfusion_jax.metrics.feature_sets import load_feature_set
+from medfusion_jax.metrics.fid import fid_from_features
+
+
+def _write_folder(root, seed: int, classes=("cat_a", "cat_b"), per_class: int = 5, size: int = 40):
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = rng.integers(0, 256, size=3) * (c + 1) % 256
+            img = np.clip(base + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            if i == 0:
+                # One grayscale file: read as 3 channels like PIL .convert('RGB').
+                Image.fromarray(img[..., 0]).save(root / name / f"{i}.png")
+            else:
+                Image.fromarray(img).save(root / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fid_cli")
+    _write_folder(root / "real", 0)
+    _write_folder(root / "fake", 1)
+    return root
+
+
+def test_folders_per_class_json_and_saved_stats(folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDFUSION_JAX_CACHE", str(tmp_path / "cache"))
+    stats, out = tmp_path / "real.npz", tmp_path / "fid.json"
+    argv = ["--real", str(folders / "real"), "--fake", str(folders / "fake"), "--per-class", "--json", str(out),
+            "--save-stats", str(stats), "--batch-size", "5", "--no-progress"]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["subset", "n_real", "n_fake", "fid", "precision", "recall"]
+    result = json.loads(out.read_text())
+    rows = {r["subset"]: r for r in result["results"]}
+    assert set(rows) == {"all", "cat_a", "cat_b"}
+    assert rows["all"]["n_real"] == rows["all"]["n_fake"] == 10
+    assert 0 <= rows["all"]["precision"] <= 1 and 0 <= rows["all"]["recall"] <= 1
+    assert rows["cat_a"]["n_real"] == 5 and rows["cat_a"]["fid"] > 0
+
+    real = load_feature_set(stats)
+    assert real.features.shape == (10, 2048) and real.classes == ["cat_a", "cat_b"]
+
+    # The saved real side gives the same numbers without re-reading the real images.
+    again = tmp_path / "again.json"
+    assert cli.main(["--real", str(stats), "--fake", str(folders / "fake"), "--json", str(again),
+                     "--batch-size", "5", "--no-progress"]) == 0
+    row = json.loads(again.read_text())["results"][0]
+    assert row["fid"] == pytest.approx(rows["all"]["fid"], rel=1e-9)
+    assert (row["precision"], row["recall"]) == (rows["all"]["precision"], rows["all"]["recall"])
+
+    # And the fake side with itself: FID 0, precision = recall = 1.
+    assert cli.main(["--real", str(stats), "--fake", str(stats), "--json", str(again), "--no-progress"]) == 0
+    row = json.loads(again.read_text())["results"][0]
+    assert abs(row["fid"]) < 1e-6 and (row["precision"], row["recall"]) == (1.0, 1.0)
+    assert fid_from_features(real.features, real.features) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_errors(folders, tmp_path, capsys):
+    assert cli.main(["--real", str(tmp_path / "nope"), "--fake", str(folders / "fake")]) == 2
+    assert "neither an image folder nor a statistics file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["--real", str(tmp_path / "empty"), "--fake", str(folders / "fake")]) == 2
+    assert "no images in" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    assert cli.main(["--real", str(bad), "--fake", str(folders / "fake"), "--no-progress"]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    np.savez(tmp_path / "mu_sigma.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    assert cli.main(["--real", str(tmp_path / "mu_sigma.npz"), "--fake", str(tmp_path / "mu_sigma.npz"),
+                     "--per-class", "--no-progress"]) == 2
+    assert "--per-class needs per-sample features" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Memorisation audit: cosine candidates, SSIM confirmation, the report, the picture, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import memorization as cli
+from medfusion_jax.metrics.memorization import (
+    MemorizationReport,
+    audit,
+    nearest_by_cosine,
+    pairs_picture,
+    pixel_ssim,
+)
+
+
+def test_nearest_by_cosine_hand_checked():
+    train = np.array([[1, 0], [0, 1], [1, 1], [-1, 0]], np.float32)
+    gen = np.array([[2, 0.1], [0, -3]], np.float32)
+    sims, idx = nearest_by_cosine(gen, train, k=2)
+    np.testing.assert_array_equal(idx, [[0, 2], [0, 3]])
+    np.testing.assert_allclose(sims[0], [2 / np.hypot(2, 0.1), 2.1 / np.hypot(2, 0.1) / np.sqrt(2)], rtol=1e-6)
+    np.testing.assert_allclose(sims[1], [0, 0], atol=1e-7)
+
+
+def test_blocks_and_large_k():
+    rng = np.random.default_rng(0)
+    train, gen = rng.normal(size=(50, 8)), rng.normal(size=(23, 8))
+    s1, i1 = nearest_by_cosine(gen, train, k=3, block_size=5)
+    s2, i2 = nearest_by_cosine(gen, train, k=3)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-6)
+    assert nearest_by_cosine(gen, train[:2], k=5)[1].shape == (23, 2)
+
+
+def _image(seed: int, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = 128 + 90 * np.sin(xx / (3 + seed % 5) + seed) * np.cos(yy / (4 + seed % 3))
+    img = base[..., None] + rng.normal(0, 10, size=(size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_pixel_ssim():
+    a, b = _image(1), _image(2)
+    assert pixel_ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+    assert pixel_ssim(a, b) < 0.5
+    # A training image of another size is resized to the generated one's.
+    big = np.asarray(Image.fromarray(a).resize((96, 96), Image.BILINEAR))
+    assert pixel_ssim(a, big) > 0.8
+
+
+def test_audit_confirms_candidates_by_ssim():
+    train_imgs = [_image(i) for i in range(6)]
+    copy = np.clip(train_imgs[4].astype(np.int16) + 2, 0, 255).astype(np.uint8)
+    gen_imgs = [copy, _image(100)]
+    # Features that rank a wrong candidate first for the copy: SSIM must still find train image 4.
+    train_f = np.eye(6, dtype=np.float32)
+    gen_f = np.array([[0, 0, 0, 0, 0.9, 1.0], [1, 0.5, 0, 0, 0, 0]], np.float32)
+    report = audit(gen_f, train_f, lambda g: gen_imgs[g], lambda j: train_imgs[j], k=2)
+    assert report.train_index[0].tolist() == [5, 4]
+    train_idx, _, sim = report.match_scores()
+    assert train_idx[0] == 4 and sim[0] > 0.95
+    assert sim[1] < 0.5
+    np.testing.assert_array_equal(report.near_copies(0.9), [True, False])
+    assert report.fraction_above(0.9) == 0.5
+    assert report.fraction_above(0.9, cosine_threshold=0.999) == 0.0
+    assert report.closest_pairs(1)[0][:2] == (0, 4)
+    picture = pairs_picture(report.closest_pairs(2), lambda g: gen_imgs[g], lambda j: train_imgs[j], tile=32)
+    assert picture.size == (2 * 32 + 12, 2 * (32 + 14 + 6))
+
+
+def test_report_fraction_with_handmade_scores():
+    report = MemorizationReport(
+        train_index=np.array([[0, 1], [2, 3], [4, 5]]),
+        cosine=np.array([[0.99, 0.98], [0.9, 0.8], [0.97, 0.5]]),
+        ssim=np.array([[0.2, 0.95], [0.5, 0.4], [0.91, 0.1]]),
+    )
+    np.testing.assert_array_equal(report.match, [1, 0, 0])
+    assert report.fraction_above(0.9) == pytest.approx(2 / 3)
+    assert report.fraction_above(0.9, cosine_threshold=0.975) == pytest.approx(1 / 3)
+
+
+def test_cli_writes_report_and_picture(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDFUSION_JAX_CACHE", str(tmp_path / "cache"))
+    for i in range(6):
+        (tmp_path / "train" / ("a" if i < 3 else "b")).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_image(i)).save(tmp_path / "train" / ("a" if i < 3 else "b") / f"{i}.png")
+    (tmp_path / "gen").mkdir()
+    Image.fromarray(_image(2)).save(tmp_path / "gen" / "copy.png")
+    Image.fromarray(_image(77)).save(tmp_path / "gen" / "new.png")
+    out = tmp_path / "out"
+    argv = ["--train", str(tmp_path / "train"), "--generated", str(tmp_path / "gen"), "--out", str(out),
+            "--batch-size", "4", "--k", "3", "--no-progress", "--train-features", str(tmp_path / "tf.npz")]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_near_copies"] == 1 and report["fraction_near_copies"] == 0.5
+    copy = next(m for m in report["matches"] if m["generated"].endswith("copy.png"))
+    assert copy["train"].endswith("a/2.png") and copy["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert Image.open(out / "closest_pairs.png").size[0] > 0
+    assert (tmp_path / "tf.npz").is_file()
+    assert "1 of 2 generated images (50.00%)" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["--train", str(tmp_path / "missing"), "--generated", str(tmp_path)]) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    assert cli.main(["--train", str(tmp_path / "empty"), "--generated", str(tmp_path)]) == 2
+    assert "no images in" in capsys.readouterr().err
