@@ -3,6 +3,13 @@
     python bench/models.py                      # small CPU configurations
     python bench/models.py --configs paper      # the paper's networks (meant for a GPU)
     python bench/models.py --dtype bfloat16     # bf16 compute, float32 parameters
+    python bench/models.py --compare-host-devices 2   # CPU: also run with the batch split over 2 devices
+
+The batch is always split over every local device (data parallel, parameters replicated). On a CPU,
+XLA runs small elementwise and reduction kernels on one thread and only convolutions on all of them,
+which leaves part of a 2-core machine idle; ``--compare-host-devices N`` reruns the same measurements
+in a subprocess with ``--xla_force_host_platform_device_count=N`` (one virtual device per core, each
+running its share of the batch) and prints the speedup over this process's single device.
 
 Prints one JSON object per measurement and a summary with ratios: against the plain float32 run in the
 same process when --dtype is not float32, and against the PyTorch original's times recorded in the
@@ -13,8 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import jax
@@ -22,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from medfusion_jax.diffusion.sampler import sample_latents
 from medfusion_jax.diffusion.schedule import make_schedule, q_sample
@@ -78,13 +91,20 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return float(np.median(times))
 
 
-def time_train_step(train_step, params, opt_state, key, repeats) -> tuple[float, float | None]:
-    """(seconds, FLOPs) of ``train_step(params, opt_state, key) -> (params, opt_state, loss)``, state carried."""
-    flops = model_flops(train_step, params, opt_state, key)
+def data_parallel():
+    """(put_batch, put_replicated): the batch split over every local device, parameters replicated."""
+    mesh = Mesh(np.array(jax.local_devices()), ("data",))
+    batch, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    return (lambda x: jax.device_put(x, batch)), (lambda x: jax.device_put(x, replicated))
+
+
+def time_train_step(train_step, params, opt_state, repeats) -> tuple[float, float | None]:
+    """(seconds, FLOPs) of ``train_step(params, opt_state) -> (params, opt_state, loss)``, state carried."""
+    flops = model_flops(train_step, params, opt_state)
     state = [params, opt_state]
 
     def one_step():
-        state[0], state[1], loss = train_step(state[0], state[1], key)
+        state[0], state[1], loss = train_step(state[0], state[1])
         return loss
 
     return timeit(one_step, repeats), flops
@@ -95,37 +115,38 @@ def unet_benchmarks(cfg, dtype, repeats, ddim_steps):
     model = UNet(**cfg["model"], dtype=dtype, rngs=nnx.Rngs(0))
     schedule = make_schedule()
     key = jax.random.key(0)
-    x0 = jax.random.normal(key, (batch, *latent))
-    labels = jnp.arange(batch) % 2
+    put_batch, put_replicated = data_parallel()
+    x0 = put_batch(jax.random.normal(key, (batch, *latent)))
+    labels = put_batch(jnp.arange(batch) % 2)
+    t_train = put_batch(jax.random.randint(jax.random.key(1), (batch,), 0, 1000))
+    noise = put_batch(jax.random.normal(jax.random.key(2), x0.shape))
     graphdef, params = nnx.split(model)
+    params = put_replicated(params)
 
     @jax.jit
     def forward(params, x, t):
         return nnx.merge(graphdef, params)(x, t, labels)
 
     optimizer = optax.adamw(1e-4, weight_decay=0.01)
-    opt_state = optimizer.init(params)
+    opt_state = put_replicated(optimizer.init(params))
 
     @jax.jit
-    def train_step(params, opt_state, key):
-        k1, k2 = jax.random.split(key)
-        t = jax.random.randint(k1, (batch,), 0, 1000)
-        noise = jax.random.normal(k2, x0.shape)
-
+    def train_step(params, opt_state):
         def loss_fn(p):
-            pred = nnx.merge(graphdef, p)(q_sample(schedule, x0, t, noise), t, labels)
+            pred = nnx.merge(graphdef, p)(q_sample(schedule, x0, t_train, noise), t_train, labels)
             return jnp.mean(jnp.abs(pred.astype(jnp.float32) - noise))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    t = jnp.full((batch,), 500)
+    t = put_batch(jnp.full((batch,), 500))
     results = {"forward": (timeit(lambda: forward(params, x0, t), repeats), model_flops(forward, params, x0, t))}
-    results["train_step"] = time_train_step(train_step, params, opt_state, key, repeats)
+    results["train_step"] = time_train_step(train_step, params, opt_state, repeats)
     if ddim_steps:
         results[f"ddim_{ddim_steps}"] = (timeit(
-            lambda: sample_latents(model, schedule, key, (batch, *latent), labels, num_steps=ddim_steps),
+            lambda: sample_latents(nnx.merge(graphdef, params), schedule, key, (batch, *latent), labels,
+                                   num_steps=ddim_steps, x_T=x0),
             max(1, repeats // 5), warmup=1), None)
     return results
 
@@ -133,30 +154,33 @@ def unet_benchmarks(cfg, dtype, repeats, ddim_steps):
 def vae_benchmarks(cfg, dtype, repeats):
     batch, image = cfg["batch"], cfg["image"]
     model = VAE(**cfg["model"], dtype=dtype, rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(0), (batch, *image), minval=-1, maxval=1)
+    put_batch, put_replicated = data_parallel()
+    x = put_batch(jax.random.uniform(jax.random.key(0), (batch, *image), minval=-1, maxval=1))
+    latent = (image[0] // model.downsampling, image[1] // model.downsampling, model.emb_channels)
+    eps = put_batch(jax.random.normal(jax.random.key(3), (batch, *latent)))
     graphdef, params = nnx.split(model)
+    params = put_replicated(params)
 
     @jax.jit
-    def forward(params, key):
-        return nnx.merge(graphdef, params)(x, key=key)[0]
+    def forward(params):
+        return nnx.merge(graphdef, params)(x, noise=eps)[0]
 
     optimizer = optax.adam(1e-4)
-    opt_state = optimizer.init(params)
+    opt_state = put_replicated(optimizer.init(params))
 
     @jax.jit
-    def train_step(params, opt_state, key):
+    def train_step(params, opt_state):
         # Pixel (L1) + SSIM + KL terms; the VGG perceptual term belongs to the training loss benchmark.
         def loss_fn(p):
-            out, heads, kl = nnx.merge(graphdef, p)(x, key=key)
+            out, heads, kl = nnx.merge(graphdef, p)(x, noise=eps)
             return vae_loss(out, heads, kl, x)[0]
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    key = jax.random.key(1)
-    results = {"forward": (timeit(lambda: forward(params, key), repeats), model_flops(forward, params, key))}
-    results["train_step"] = time_train_step(train_step, params, opt_state, key, repeats)
+    results = {"forward": (timeit(lambda: forward(params), repeats), model_flops(forward, params))}
+    results["train_step"] = time_train_step(train_step, params, opt_state, repeats)
     return results
 
 
@@ -182,6 +206,18 @@ def run(names, dtype_name, repeats, ddim_steps):
     return out
 
 
+def host_devices_run(args) -> dict:
+    """The same measurements in a subprocess whose CPU is split into ``args.compare_host_devices`` devices."""
+    out = Path(tempfile.mkdtemp()) / "host_devices.json"
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                                      f" --xla_force_host_platform_device_count={args.compare_host_devices}"))
+    cmd = [sys.executable, __file__, "--configs", args.configs, "--dtype", args.dtype, "--repeats",
+           str(args.repeats), "--ddim-steps", str(args.ddim_steps), "--json", str(out)]
+    subprocess.run(cmd, env=env, check=True)
+    records = json.loads(out.read_text())["records"]
+    return {(r["config"], r["what"]): r for r in records if r["dtype"] == args.dtype}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="small", help="small, paper, all, or comma-separated names "
@@ -190,11 +226,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--ddim-steps", type=int, default=150, help="0 to skip the DDIM batch")
     parser.add_argument("--json", help="write all records and ratios to this file")
+    parser.add_argument("--compare-host-devices", type=int, default=0, metavar="N",
+                        help="CPU: rerun with the batch split over N virtual host devices and compare")
     args = parser.parse_args()
     names = GROUPS.get(args.configs) or (list(CONFIGS) if args.configs == "all" else args.configs.split(","))
     device = jax.devices()[0]
     print(json.dumps(dict(device=str(device.device_kind), platform=device.platform, machine=platform.machine(),
-                          jax=jax.__version__)), flush=True)
+                          local_devices=jax.local_device_count(), jax=jax.__version__)), flush=True)
 
     records = run(names, args.dtype, args.repeats, args.ddim_steps)
     ratios = []
@@ -209,6 +247,13 @@ def main():
             if key in PYTORCH_MS:
                 ratios.append(dict(config=key[0], what=key[1], baseline=f"PyTorch original {PYTORCH_MS[key]} ms "
                                    "(recorded, 2 threads)", speedup=round(PYTORCH_MS[key] / rec["ms_per_call"], 3)))
+    if args.compare_host_devices and device.platform == "cpu":
+        for key, rec in host_devices_run(args).items():
+            if key in records:
+                ratios.append(dict(config=key[0], what=key[1], ms_per_call=rec["ms_per_call"],
+                                   baseline=f"{jax.local_device_count()} device(s) (same run)",
+                                   variant=f"{args.compare_host_devices} host devices",
+                                   speedup=round(records[key]["ms_per_call"] / rec["ms_per_call"], 3)))
     for r in ratios:
         print(json.dumps(r), flush=True)
     if args.json:
