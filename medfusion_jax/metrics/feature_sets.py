@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfusion_jax.data import DATASETS, ImageError, make_dataset
 from medfusion_jax.metrics.fid import FeatureStats
 from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files
 
@@ -82,14 +83,51 @@ def folder_feature_set(folder: str | os.PathLike, extractor, *, progress: bool =
     return FeatureSet.from_features(pool, np.array([f.label for f in files], dtype=object), str(folder))
 
 
-def resolve_feature_set(source: str | os.PathLike, extractor_factory, *, progress: bool = True) -> FeatureSet:
-    """A folder of images (features extracted with ``extractor_factory()``) or a saved ``.npz`` file."""
+def dataset_feature_set(name: str, extractor, *, data_dir: str | None = None, split: str = "train",
+                        image_size: int | None = None, num_examples: int | None = None,
+                        progress: bool = True) -> FeatureSet:
+    """Inception features of a registered dataset (``medfusion_jax.data``), labelled by class name.
+
+    Images come as the training pipeline prepares them (resize/crop of the dataset), in 3 channels.
+    Unreadable images are skipped, as in training, and reported.
+    """
+    source = make_dataset(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
+                          num_examples=num_examples)
+    labels: list[str] = []
+    skipped: list[str] = []
+
+    def images():
+        for i in range(len(source)):
+            try:
+                item = source[i]
+            except ImageError as err:
+                skipped.append(str(err))
+                continue
+            labels.append(source.class_names[int(item["label"])])
+            yield item["image"]
+
+    pool = extractor.extract(images(), total=len(source), progress=progress, desc=name)["pool"]
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images of {name}: first: {skipped[0]}")
+    return FeatureSet.from_features(pool, np.array(labels, dtype=object), f"{name}:{split}")
+
+
+def resolve_feature_set(source: str | os.PathLike, extractor_factory, *, data_dir: str | None = None,
+                        split: str = "train", image_size: int | None = None, num_examples: int | None = None,
+                        progress: bool = True) -> FeatureSet:
+    """A folder of images, a saved ``.npz`` file, or a dataset name of ``medfusion_jax.data.DATASETS``.
+
+    Features of folders and datasets are extracted with ``extractor_factory()``.
+    """
     path = Path(source)
     if path.is_dir():
         return folder_feature_set(path, extractor_factory(), progress=progress)
     if path.is_file():
         return load_feature_set(path)
+    if str(source) in DATASETS:
+        return dataset_feature_set(str(source), extractor_factory(), data_dir=data_dir, split=split,
+                                   image_size=image_size, num_examples=num_examples, progress=progress)
     raise ImageFilesError(
-        f"{source} is neither an image folder nor a statistics file (dataset names with --data-dir are "
-        "not supported yet: export the images to a folder)"
+        f"{source} is neither an image folder, a statistics file, nor a dataset name "
+        f"({', '.join(sorted(DATASETS))})"
     )
