@@ -1,0 +1,138 @@
+"""Flags shared by ``python -m train.autoencoder`` and ``python -m train.diffusion``, and their main wrapper.
+
+Preset values (:mod:`medfusion_jax.training.presets`) fill every flag that is not given; a given flag
+always wins. Errors in the input (a flag, a data folder, a run directory of another configuration)
+end the command with a one-line message naming the flag or file and exit status 2; a NaN loss ends
+it with status 1; Ctrl-C (after saving a checkpoint) with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from medfusion_jax.data import DATASETS, DataError
+from medfusion_jax.training.config import DTYPES, DataConfig, RunConfig
+from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
+from medfusion_jax.training.mesh import initialize_distributed
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """'64,128,256,512' -> (64, 128, 256, 512)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def levels(hid_chs: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Kernel sizes and strides for ``len(hid_chs)`` levels as every Medfusion network has them: 3x3
+    kernels, stride 1 at the first level and 2 after it."""
+    return dict(kernel_sizes=(3,) * len(hid_chs), strides=(1,) + (2,) * (len(hid_chs) - 1))
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=sorted(DATASETS),
+                      help="data set; its preset sets every other default")
+    data.add_argument("--data-dir", help="the data set's folder (not needed for the phantom-* data sets)")
+    data.add_argument("--image-size", type=int, help="side length of the square images")
+    data.add_argument("--flips", help="random flips: '', 'h', 'v' or 'hv' (preset per data set and stage)")
+    data.add_argument("--num-examples", type=int, help="phantom-* only: images in the training split")
+    data.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this process)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-dir", help="where checkpoints, logs and images go (default runs/<stage>-<dataset>)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--batch-size", type=int, help="images per step over all devices")
+    run.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    run.add_argument("--epochs", type=int, help="passes over the data (the reference: at most 1001)")
+    run.add_argument("--dtype", choices=DTYPES, default="float32",
+                     help="compute dtype; bfloat16 for GPU/TPU (parameters stay float32)")
+    run.add_argument("--fsdp", action="store_true",
+                     help="shard parameters and optimizer state over the devices instead of replicating them")
+    run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    run.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the last K)")
+    run.add_argument("--sync-checkpoints", action="store_true", help="write checkpoints before continuing")
+    run.add_argument("--log-every", type=int, default=10, help="steps between metric records")
+    run.add_argument("--image-every", type=int, help="steps between PNG grids (0: none)")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_const", const=True,
+                        help="continue the run in --run-dir, and fail if it has no checkpoint (by default a run "
+                             "directory with a checkpoint is resumed and an empty one is started)")
+    resume.add_argument("--no-resume", dest="resume", action="store_const", const=False,
+                        help="start a new run, and fail if --run-dir already has checkpoints")
+
+    dist = parser.add_argument_group("multi-host")
+    dist.add_argument("--coordinator-address", help="host:port of process 0 (with --num-processes, --process-id)")
+    dist.add_argument("--num-processes", type=int)
+    dist.add_argument("--process-id", type=int)
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")
+
+
+def pick(args: argparse.Namespace, preset: dict[str, Any], name: str, default: Any = None) -> Any:
+    """The flag ``name`` if given, else the preset's value, else ``default``."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    return preset.get(name, default)
+
+
+def data_config(args: argparse.Namespace, preset: dict[str, Any], image_size: int) -> DataConfig:
+    return DataConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        image_size=image_size,
+        flips=pick(args, preset, "flips", ""),
+        num_examples=args.num_examples,
+        worker_count=args.workers,
+    )
+
+
+def run_config(args: argparse.Namespace, preset: dict[str, Any], stage: str) -> RunConfig:
+    steps = args.steps if args.steps is not None else (None if args.epochs is not None else preset.get("steps"))
+    epochs = None if steps is not None else pick(args, preset, "epochs")
+    return RunConfig(
+        run_dir=args.run_dir or f"runs/{stage}-{args.dataset}",
+        seed=args.seed,
+        batch_size=pick(args, preset, "batch_size"),
+        steps=steps,
+        epochs=epochs,
+        dtype=args.dtype,
+        fsdp=args.fsdp,
+        checkpoint_every=pick(args, preset, "checkpoint_every", 1000),
+        keep_checkpoints=args.keep_checkpoints,
+        async_checkpoints=not args.sync_checkpoints,
+        log_every=args.log_every,
+        image_every=pick(args, preset, "image_every", 1000),
+    )
+
+
+def run_main(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any],
+             run: Callable[..., TrainResult]) -> int:
+    """Join the distributed run (if asked), build the configuration, train, and map failures to exit codes."""
+    try:
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                               from_environment=args.distributed)
+        config = make_config(args)
+        result = run(config, resume=args.resume)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, DataError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.interrupted:
+        print(f"interrupted at step {result.final_step}; checkpoint saved in {result.run_dir / 'checkpoints'}. "
+              "Run the same command again to resume.", file=sys.stderr)
+        return 130
+    loss = result.last_metrics.get("loss")
+    print(f"done: step {result.final_step}" + (f", loss {loss:.5g}" if loss is not None else "")
+          + f"; run directory {result.run_dir}")
+    return 0

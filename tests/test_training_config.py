@@ -1,0 +1,113 @@
+"""Presets, flags, configuration files, the run-directory check and the VAEGAN step counter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medfusion_jax.training import config as config_lib
+from medfusion_jax.training.autoencoder_task import AutoencoderSpec
+from medfusion_jax.training.loop import ConfigMismatchError, prepare_run_dir
+from train import autoencoder as ae_cli
+from train import diffusion as diffusion_cli
+
+
+def ae_config(*flags):
+    return ae_cli.make_config(ae_cli.parse_args(list(flags)))
+
+
+@pytest.mark.parametrize("dataset, size, channels, pixel, flips", [
+    ("airogs", 256, 4, "l1", "hv"),
+    ("chexpert", 256, 8, "mse", ""),
+    ("crcdx", 512, 4, "l1", "hv"),
+])
+def test_paper_presets(dataset, size, channels, pixel, flips):
+    config = ae_config("--dataset", dataset)
+    config_lib.validate(config)
+    assert (config.data.image_size, config.model.emb_channels, config.pixel_loss, config.data.flips) == (
+        size, channels, pixel, flips)
+    assert config.model.hid_chs == (64, 128, 256, 512) and config.model.deep_supervision == 1
+    assert (config.run.batch_size, config.run.epochs, config.run.steps) == (8, 1001, None)
+    assert (config.lr, config.kl_weight, config.perceptual_weight, config.gan) == (1e-4, 1e-6, 1.0, None)
+
+
+def test_flags_override_presets():
+    config = ae_config("--dataset", "chexpert", "--emb-channels", "4", "--pixel-loss", "l1", "--image-size", "128",
+                       "--hid-chs", "32,64,64,64", "--batch-size", "4", "--steps", "10", "--flips", "h")
+    assert (config.model.emb_channels, config.pixel_loss, config.data.image_size, config.model.hid_chs) == (
+        4, "l1", 128, (32, 64, 64, 64))
+    assert (config.run.batch_size, config.run.steps, config.run.epochs, config.data.flips) == (4, 10, None, "h")
+
+
+def test_gan_stage_settings():
+    config = ae_config("--dataset", "chexpert", "--gan")
+    assert config.gan.start_step == -1 and config.lr == 1e-6 and config.gan.disc_lr == 1e-6
+    assert config.pixel_loss == "l1"  # VAEGAN's reconstruction term, whatever the preset says
+    assert ae_config("--dataset", "airogs", "--gan-start-step", "50000").gan.start_step == 50000
+    with pytest.raises(ValueError, match="--pixel-loss mse cannot be used with the GAN stage"):
+        config_lib.validate(ae_config("--dataset", "chexpert", "--gan", "--pixel-loss", "mse"))
+    with pytest.raises(ValueError, match="--fix-gan-step-counter needs --gan"):
+        ae_config("--dataset", "airogs", "--fix-gan-step-counter")
+
+
+def test_reference_step_counter_advances_twice_per_batch():
+    spec = AutoencoderSpec(vae_graph=None, vgg_graph=None, disc_graphs=(None, None), pixel_loss="l1",
+                           perceptual_weight=1.0, kl_weight=1e-6, lr=1e-6, gan_start_step=10)
+    # Batch b is counter 2b for the autoencoder's call and 2b + 1 for the discriminators'.
+    assert [spec.gan_active(b) for b in (4, 5, 6)] == [(False, False), (False, True), (True, True)]
+    fixed = AutoencoderSpec(**{**spec.__dict__, "fix_step_counter": True})
+    assert [fixed.gan_active(b) for b in (10, 11)] == [(False, False), (True, True)]
+
+
+def test_bad_values_name_their_flag():
+    with pytest.raises(ValueError, match="--image-size 100 must be divisible by 8"):
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "100"))
+    with pytest.raises(ValueError, match="--hid-chs .* norm groups"):
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--hid-chs", "12,16,16,16"))
+    with pytest.raises(ValueError, match="at least 16x16 pixels"):
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "16"))
+    with pytest.raises(SystemExit):
+        ae_cli.parse_args(["--dataset", "phantom-cxr", "--hid-chs", "8,x"])
+
+
+def test_cli_reports_errors_with_exit_status_2(tmp_path, capsys):
+    code = ae_cli.main(["--dataset", "phantom-cxr", "--image-size", "36", "--run-dir", str(tmp_path / "run")])
+    assert code == 2
+    assert "--image-size 36" in capsys.readouterr().err
+    code = diffusion_cli.main(["--dataset", "phantom-cxr", "--autoencoder", str(tmp_path / "nothing")])
+    assert code == 2
+    assert "not a training run directory" in capsys.readouterr().err
+
+
+def test_config_round_trip_and_run_directory_check(tmp_path):
+    config = ae_config("--dataset", "phantom-cxr", "--run-dir", str(tmp_path), "--gan")
+    assert config_lib.from_dict(json.loads(json.dumps(config_lib.to_dict(config)))) == config
+    assert prepare_run_dir(config) is None
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["stage"] == "autoencoder" and saved["gan"]["start_step"] == -1
+
+    # How long and how often may change on resume; what is trained may not.
+    assert prepare_run_dir(ae_config("--dataset", "phantom-cxr", "--run-dir", str(tmp_path), "--gan",
+                                     "--steps", "99", "--log-every", "3")) is None
+    other = ae_config("--dataset", "phantom-cxr", "--run-dir", str(tmp_path), "--gan", "--seed", "1",
+                      "--emb-channels", "4")
+    with pytest.raises(ConfigMismatchError) as err:
+        prepare_run_dir(other)
+    assert set(err.value.differing) == {"run.seed", "model.emb_channels"}
+    assert "run.seed: saved 0, now 1" in str(err.value)
+
+
+def test_resume_flags(tmp_path):
+    config = ae_config("--dataset", "phantom-cxr", "--run-dir", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--resume: .* has no checkpoint"):
+        prepare_run_dir(config, resume=True)
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1").mkdir()  # an unfinished save is ignored
+    assert prepare_run_dir(config) == 5 and prepare_run_dir(config, resume=True) == 5
+    with pytest.raises(FileExistsError, match="already has checkpoints"):
+        prepare_run_dir(config, resume=False)
+    assert ae_cli.parse_args(["--dataset", "phantom-cxr"]).resume is None
+    assert ae_cli.parse_args(["--dataset", "phantom-cxr", "--no-resume"]).resume is False
+    with pytest.raises(SystemExit):
+        ae_cli.parse_args(["--dataset", "phantom-cxr", "--resume", "--no-resume"])

@@ -1,0 +1,98 @@
+"""A step sharded over 8 devices equals the single-device step (loss and updated parameters, 1e-5).
+
+XLA_FLAGS must be set before JAX starts, so the comparison runs in a subprocess with 8 host devices.
+The autoencoder step includes the VGG16 perceptual term; the diffusion step encodes images with a frozen
+VAE and uses FSDP (parameters and Adam moments sharded over the 8 devices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SCRIPT = r"""
+import json
+import jax
+import numpy as np
+from medfusion_jax.models import VAE
+from medfusion_jax.training import autoencoder_task, diffusion_task
+from medfusion_jax.training.config import (AutoencoderConfig, DataConfig, DiffusionConfig, RunConfig, UNetConfig,
+                                           VAEConfig)
+from medfusion_jax.training.mesh import global_batch, make_mesh, replicated, state_shardings
+from medfusion_jax.training.modules import build, split_params
+from medfusion_jax.training.state import compiled_step
+
+assert jax.device_count() == 8
+LEVELS = dict(kernel_sizes=(3, 3, 3), strides=(1, 2, 2))
+rng = np.random.default_rng(0)
+batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32), "label": np.arange(8, dtype=np.int32) % 2}
+
+
+def step(fn, static, spec, state, constants, mesh, fsdp):
+    shardings = state_shardings(state, mesh, fsdp)
+    new, metrics = compiled_step(fn, static, spec, shardings, mesh)(
+        jax.device_put(state, shardings), jax.device_put(constants, replicated(mesh)), global_batch(batch, mesh))
+    sharded = sorted({str(leaf.sharding.spec) for leaf in jax.tree.leaves(new)})
+    return jax.device_get(new), jax.device_get(metrics), sharded
+
+
+def compare(name, fn, static, spec, state, constants, fsdp):
+    state = jax.device_get(state)  # host copies: the step donates (deletes) the device arrays it is given
+    one = step(fn, static, spec, state, constants, make_mesh(jax.devices()[:1]), False)
+    eight = step(fn, static, spec, state, constants, make_mesh(), fsdp)
+    worst_metric = max(abs(one[1][k] - eight[1][k]) / max(1.0, abs(one[1][k])) for k in one[1])
+    # Parameters, Adam moments, EMA: |difference| relative to max(1, largest magnitude) of each array.
+    worst_param = max(float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(a))))
+                      for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(eight[0])))
+    return dict(loss=[float(one[1]["loss"]), float(eight[1]["loss"])], worst_metric=float(worst_metric),
+                worst_param=worst_param, specs=eight[2])
+
+
+run = RunConfig("unused", batch_size=8, steps=1)
+data = DataConfig("phantom-cxr", image_size=16)
+# No deep-supervision head: the perceptual term needs outputs of 16x16 pixels or more.
+ae_config = AutoencoderConfig(data=data, run=run, model=VAEConfig(hid_chs=(8, 16, 16), deep_supervision=0, **LEVELS))
+spec, state, constants = autoencoder_task.init_autoencoder(ae_config)
+fn, static = autoencoder_task.train_step_for(spec, 0)
+report = {"autoencoder": compare("autoencoder", fn, static, spec, state, constants, False)}
+
+vae_graph, vae_params = split_params(build(VAE, dict(hid_chs=(8, 16, 16), emb_channels=4, **LEVELS)))
+diff_config = DiffusionConfig(data=data, run=run, autoencoder="unused",
+                              model=UNetConfig(hid_chs=(32, 32, 64), time_emb_dim=64, norm_groups=8, **LEVELS))
+spec, state, constants, _ = diffusion_task.init_diffusion(diff_config, vae_graph=vae_graph, vae_params=vae_params,
+                                                          latent_channels=4, num_classes=2)
+report["diffusion"] = compare("diffusion", diffusion_task.diffusion_train_step, {}, spec, state, constants, True)
+print("REPORT" + json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("REPORT")]
+    return json.loads(line[len("REPORT"):])
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
+def test_sharded_step_equals_single_device_step(report, stage):
+    result = report[stage]
+    assert result["worst_metric"] < 1e-5, result
+    assert result["worst_param"] < 1e-5, result
+    assert result["loss"][0] > 0
+
+
+def test_fsdp_shards_parameters(report):
+    assert any("'data'" in spec for spec in report["diffusion"]["specs"]), report["diffusion"]["specs"]
+    assert report["autoencoder"]["specs"] == ["P()"]  # replicated without --fsdp

@@ -1,0 +1,81 @@
+"""Train Medfusion's latent diffusion model (stage 2) on a frozen trained autoencoder.
+
+    python -m train.diffusion --autoencoder runs/autoencoder-airogs --dataset airogs --data-dir D
+    python -m train.diffusion --autoencoder runs/autoencoder-phantom-cxr --dataset phantom-cxr --cache-latents
+
+Spec 7.2: latents are posterior samples of the frozen encoder (or, with --cache-latents, of a cache of
+the posterior mean and log-variance computed once); t uniform, eps prediction, L1 loss; AdamW 1e-4
+with weight decay 0.01; the label is dropped for the whole batch with probability 0.5
+(--per-sample-cfg-dropout: per sample). --ema keeps an EMA of the weights for sampling. Images are
+read at the autoencoder's size unless --image-size says otherwise. A run directory with a checkpoint
+is resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
+from medfusion_jax.training.config import DiffusionConfig, UNetConfig
+from medfusion_jax.training.presets import preset
+from medfusion_jax.training.stages import autoencoder_config, run_diffusion
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.diffusion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--autoencoder", required=True, help="trained autoencoder: run directory or checkpoint")
+    add_common_flags(parser)
+    model = parser.add_argument_group("UNet")
+    model.add_argument("--hid-chs", type=int_tuple,
+                       help="channels per level (the paper: 256,256,512,1024); levels after the second halve the size")
+    model.add_argument("--time-emb-dim", type=int, help="time/label embedding width (the paper: 1024)")
+    model.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (the paper: 32)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch's default)")
+    train.add_argument("--cfg-dropout", type=float, default=0.5, help="probability of dropping the label")
+    train.add_argument("--per-sample-cfg-dropout", action="store_true",
+                       help="drop labels per sample (the reference decides once per batch)")
+    train.add_argument("--cache-latents", action="store_true",
+                       help="encode the data once (posterior mean and log-variance) and train from the cache")
+    train.add_argument("--ema", action="store_true", help="keep an EMA of the weights, used for sampling")
+    train.add_argument("--ema-max-decay", type=float, default=0.9999)
+    preview = parser.add_argument_group("sample grids")
+    preview.add_argument("--sample-steps", type=int, help="DDIM steps of the sample grids (the reference: 150)")
+    preview.add_argument("--guidance-scale", type=float, default=1.0)
+    preview.add_argument("--samples-per-class", type=int, default=4)
+    return parser.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace) -> DiffusionConfig:
+    values = preset("diffusion", args.dataset)
+    image_size = args.image_size or autoencoder_config(args.autoencoder).data.image_size
+    hid_chs = pick(args, values, "hid_chs")
+    return DiffusionConfig(
+        data=data_config(args, values, image_size),
+        run=run_config(args, values, "diffusion"),
+        autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
+        model=UNetConfig(hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=pick(args, values, "time_emb_dim"),
+                         norm_groups=args.norm_groups),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        cfg_dropout=args.cfg_dropout,
+        per_sample_cfg_dropout=args.per_sample_cfg_dropout,
+        cache_latents=args.cache_latents,
+        ema=args.ema,
+        ema_max_decay=args.ema_max_decay,
+        sample_steps=pick(args, values, "sample_steps", 150),
+        guidance_scale=args.guidance_scale,
+        samples_per_class=args.samples_per_class,
+    )
+
+
+def main(argv=None) -> int:
+    return run_main(parse_args(argv), make_config, run_diffusion)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
