@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import PEAK_FLOPS, PYTORCH_MS, model_flops  # noqa: E402  (bench/models.py)
+from models import PEAK_FLOPS, PYTORCH_MS, step_flops  # noqa: E402  (bench/models.py)
 
 from medfusion_jax.losses.perceptual import VGG16_LAYOUT  # noqa: E402
 from medfusion_jax.models import VAE  # noqa: E402
@@ -106,42 +106,6 @@ def setup(cfg: dict, dtype: str, random_vgg: bool = False):
     else:
         batch = {"image": images, "label": labels}
     return diffusion_task.diffusion_train_step, {}, spec, state, constants, batch
-
-
-def step_flops(jitted, *args) -> tuple[float | None, str]:
-    """(model FLOPs of one step, where the count comes from).
-
-    XLA's cost analysis of the lowered program (``bench/models.py``) where the backend gives one; jax
-    0.11 on GPU gives none, and there the convolutions and matrix products of the step's jaxpr are
-    counted instead (2 x multiply-adds; elementwise work is not counted, so this is a little lower).
-    """
-    flops = model_flops(jitted, *args)
-    if flops:
-        return flops, "xla_cost_analysis"
-    return float(jaxpr_flops(jitted.trace(*args).jaxpr.jaxpr)), "jaxpr_conv_dot"
-
-
-def jaxpr_flops(jaxpr) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            out = eqn.outvars[0].aval
-            dims = eqn.params["dimension_numbers"]
-            kernel_spatial = int(np.prod([rhs.shape[d] for d in dims.rhs_spec[2:]]))
-            in_per_group = rhs.shape[dims.rhs_spec[1]]
-            total += 2 * int(np.prod(out.shape)) * kernel_spatial * in_per_group
-        elif eqn.primitive.name == "dot_general":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            contracted = int(np.prod([lhs.shape[d] for d in lhs_contract]))
-            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * contracted
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
-                inner = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-                if hasattr(inner, "eqns"):
-                    total += jaxpr_flops(inner)
-    return total
 
 
 def time_steps(one_step, repeats: int, warmup: int = 3) -> float:
