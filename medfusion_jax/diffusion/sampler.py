@@ -32,11 +32,14 @@ def ddim_sample(
     key: jax.Array | None = None,
     step_noise: jax.Array | None = None,
     trace: bool = False,
+    per_sample_keys: bool = False,
 ):
     """Run DDIM from ``x_T``; ``eps_fn(x, t)`` predicts the noise for int timesteps t [N].
 
     The noise of the update after step i comes from ``key`` (split once per step) or, to replay a
-    recorded run, from ``step_noise`` [num_steps - 1, *x_T.shape]. With ``trace`` also returns a dict of
+    recorded run, from ``step_noise`` [num_steps - 1, *x_T.shape]. With ``per_sample_keys``, ``key`` is an
+    array of N keys, one per sample, and sample j's noise comes from its own key alone (split once per
+    step), so a sample does not depend on the batch it is drawn in. With ``trace`` also returns a dict of
     per-step arrays ``x_t``, ``t``, ``x0``, ``eps`` (leading axis = step) for inspection and parity tests.
     """
     taus = ddim_timesteps(num_steps, schedule.timesteps)[::-1]
@@ -48,7 +51,13 @@ def ddim_sample(
     elif num_steps > 1:
         if key is None:
             raise ValueError("DDIM with eta sampling needs `key` (or recorded `step_noise`)")
-        per_step_noise = jax.random.split(key, num_steps - 1)
+        if per_sample_keys:
+            if key.shape != (batch,):
+                raise ValueError(f"per_sample_keys needs one key per sample, shape {(batch,)}, got {key.shape}")
+            # [N, S - 1] keys -> [S - 1, N]: the scan hands step i the N keys of that step.
+            per_step_noise = jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num_steps - 1))(key), 0, 1)
+        else:
+            per_step_noise = jax.random.split(key, num_steps - 1)
     else:
         per_step_noise = jnp.zeros((0,), jnp.uint32)
     ac = schedule.alphas_cumprod
@@ -64,7 +73,12 @@ def ddim_sample(
         a, a_next = ac[t], ac[t_next]
         sigma = eta * jnp.sqrt((1 - a / a_next) * (1 - a_next) / (1 - a))
         c = jnp.sqrt(1 - a_next - sigma**2)
-        noise = noise_or_key if step_noise is not None else jax.random.normal(noise_or_key, x.shape, x.dtype)
+        if step_noise is not None:
+            noise = noise_or_key
+        elif per_sample_keys:
+            noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(noise_or_key)
+        else:
+            noise = jax.random.normal(noise_or_key, x.shape, x.dtype)
         x_next = x0 * jnp.sqrt(a_next) + c * eps + sigma * noise
         return x_next, (dict(x_t=x, t=t, x0=x0, eps=eps) if trace else None)
 
@@ -111,7 +125,7 @@ def guided_eps_fn(
     return eps_fn
 
 
-@partial(nnx.jit, static_argnames=("shape", "num_steps", "clip_x0", "guidance_scale", "trace"))
+@partial(nnx.jit, static_argnames=("shape", "num_steps", "clip_x0", "guidance_scale", "trace", "per_sample_keys"))
 def sample_latents(
     model: nnx.Module,
     schedule: NoiseSchedule,
@@ -127,16 +141,28 @@ def sample_latents(
     x_T: jax.Array | None = None,
     step_noise: jax.Array | None = None,
     trace: bool = False,
+    per_sample_keys: bool = False,
 ):
     """Draw latents of ``shape`` (NHWC) from the UNet ``model``: x_T ~ N(0, I) from ``key``, then DDIM.
 
     Same key -> same samples. ``x_T``/``step_noise`` replace the drawn noise (to replay a recorded run).
+    ``per_sample_keys``: ``key`` holds one key per sample ([N]); sample j's start x_T[j] and its step
+    noises are drawn from ``key[j]`` alone, so each sample is a function of its key (and the model and
+    settings), not of the other samples, its position in the batch, or how the batch is sharded (up to
+    float32 rounding where the batch size changes how the network's convolutions are computed).
     """
-    init_key, step_key = jax.random.split(key)
-    if x_T is None:
-        x_T = jax.random.normal(init_key, shape, jnp.float32)
+    if per_sample_keys:
+        if key.shape != shape[:1]:
+            raise ValueError(f"per_sample_keys needs one key per sample, shape {shape[:1]}, got {key.shape}")
+        init_key, step_key = jnp.swapaxes(jax.vmap(jax.random.split)(key), 0, 1)
+        if x_T is None:
+            x_T = jax.vmap(lambda k: jax.random.normal(k, shape[1:], jnp.float32))(init_key)
+    else:
+        init_key, step_key = jax.random.split(key)
+        if x_T is None:
+            x_T = jax.random.normal(init_key, shape, jnp.float32)
     eps_fn = guided_eps_fn(model, condition, guidance_scale, uncond_condition)
     return ddim_sample(
         eps_fn, schedule, x_T, num_steps=num_steps, eta=eta, clip_x0=clip_x0,
-        key=step_key, step_noise=step_noise, trace=trace,
+        key=step_key, step_noise=step_noise, trace=trace, per_sample_keys=per_sample_keys,
     )
