@@ -23,11 +23,12 @@ def test_class_folders_and_root_files(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     files = list_image_files(tmp_path)
     assert [(f.label, f.path.relative_to(tmp_path).as_posix()) for f in files] == [
-        ("", "root.png"),
         ("a_class", "a_class/x.jpg"),
         ("b_class", "b_class/2.png"),
         ("b_class", "b_class/nested/1.png"),
-    ]
+    ]  # root.png is left out, as torchvision's ImageFolder does
+    flat = tmp_path / "b_class" / "nested"
+    assert [(f.label, f.path.name) for f in list_image_files(flat)] == [("", "1.png")]
 
 
 def test_decoding_matches_pil_convert_rgb(tmp_path):

@@ -1,8 +1,9 @@
 """Minimal image-folder reading for the metric CLIs: list the files, decode them like the reference.
 
 A folder is read like torchvision's ``ImageFolder`` where it has class sub-folders (each sub-folder
-is a class, searched recursively, classes and files in sorted order); image files directly in the
-folder form one unnamed class (``''``). Images are decoded with PIL and ``.convert('RGB')``, as the
+is a class, searched recursively, classes and files in sorted order); image files directly in such a
+folder are left out, as ``ImageFolder`` does (``eval.sample`` keeps its ``grid.png`` there). A folder
+without class sub-folders is one unnamed class (``''``). Images are decoded with PIL and ``.convert('RGB')``, as the
 reference did: grayscale is copied into 3 channels, alpha is dropped, 16-bit values are clipped to 255.
 """
 
@@ -41,10 +42,12 @@ def list_image_files(root: str | os.PathLike) -> list[ImageFile]:
         raise ImageFilesError(f"image folder not found: {root}")
     if not root.is_dir():
         raise ImageFilesError(f"not a folder: {root}")
-    files = [ImageFile(p, "") for p in sorted(root.iterdir()) if _is_image(p)]
+    files = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         found = sorted(p for p in sub.rglob("*") if _is_image(p))
         files.extend(ImageFile(p, sub.name) for p in found)
+    if not files:
+        files = [ImageFile(p, "") for p in sorted(root.iterdir()) if _is_image(p)]
     if not files:
         raise ImageFilesError(
             f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)} in it and in its sub-folders)"
