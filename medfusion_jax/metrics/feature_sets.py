@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medfusion_jax.data import DATASETS, ImageError, make_dataset
+from medfusion_jax.data import DATASETS
+from medfusion_jax.metrics.dataset_images import DatasetImages
 from medfusion_jax.metrics.fid import FeatureStats
 from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files
 
@@ -91,25 +92,12 @@ def dataset_feature_set(name: str, extractor, *, data_dir: str | None = None, sp
     Images come as the training pipeline prepares them (resize/crop of the dataset), in 3 channels.
     Unreadable images are skipped, as in training, and reported.
     """
-    source = make_dataset(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
-                          num_examples=num_examples)
-    labels: list[str] = []
-    skipped: list[str] = []
-
-    def images():
-        for i in range(len(source)):
-            try:
-                item = source[i]
-            except ImageError as err:
-                skipped.append(str(err))
-                continue
-            labels.append(source.class_names[int(item["label"])])
-            yield item["image"]
-
-    pool = extractor.extract(images(), total=len(source), progress=progress, desc=name)["pool"]
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable images of {name}: first: {skipped[0]}")
-    return FeatureSet.from_features(pool, np.array(labels, dtype=object), f"{name}:{split}")
+    images = DatasetImages(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
+                           num_examples=num_examples)
+    pool = extractor.extract(iter(images), total=len(images), progress=progress, desc=name)["pool"]
+    if images.skipped:
+        print(images.skipped_note())
+    return FeatureSet.from_features(pool, np.array(images.labels, dtype=object), f"{name}:{split}")
 
 
 def resolve_feature_set(source: str | os.PathLike, extractor_factory, *, data_dir: str | None = None,

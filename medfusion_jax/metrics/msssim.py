@@ -6,7 +6,9 @@ Medfusion's ``scripts/evaluate_latent_embedder.py`` called it (one image per cal
 - 11x11 Gaussian window with sigma 1.5, k1 = 0.01, k2 = 0.03, 5 scales with betas
   (0.0448, 0.2856, 0.3001, 0.2363, 0.1333) and 2x2 average pooling (floor) between scales;
 - TorchMetrics reflect-pads by 5, filters, then crops 5 pixels from each border: that is exactly the
-  valid (unpadded) filtering done here;
+  valid (unpadded) filtering done here; the 2-D window is the outer product of a 1-D Gaussian, applied
+  here as two 1-D passes (``medfusion_jax.losses.ssim.filtered_moments``: a banded matrix product or
+  a shifted sum; XLA's depthwise 2-D convolution was several times slower on a CPU);
 - ``data_range=None`` means ``max(range(preds), range(target))``, recomputed at every scale from the
   pooled images — per image here, as the reference computed it one image at a time;
 - ``normalize='relu'`` clamps the similarity and contrast terms at 0 at every scale;
@@ -23,15 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medfusion_jax.losses.ssim import filtered_moments
+
 BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def gaussian_window(sigma: float = 1.5) -> np.ndarray:
-    """TorchMetrics' 2-D Gaussian window, size ``int(3.5 sigma + 0.5) * 2 + 1``, float32, summing to 1."""
+def gaussian_kernel_1d(sigma: float = 1.5) -> np.ndarray:
+    """TorchMetrics' 1-D Gaussian, size ``int(3.5 sigma + 0.5) * 2 + 1``, float32, summing to 1."""
     size = int(3.5 * sigma + 0.5) * 2 + 1
     dist = np.arange((1 - size) / 2, (1 + size) / 2, 1, dtype=np.float32)
     g = np.exp(-((dist / np.float32(sigma)) ** 2) / 2)
-    g = g / g.sum()
+    return (g / g.sum()).astype(np.float32)
+
+
+def gaussian_window(sigma: float = 1.5) -> np.ndarray:
+    """TorchMetrics' 2-D Gaussian window: the outer product of :func:`gaussian_kernel_1d` with itself."""
+    g = gaussian_kernel_1d(sigma)
     return np.outer(g, g).astype(np.float32)
 
 
@@ -44,21 +53,9 @@ def _data_range(preds: jax.Array, target: jax.Array) -> jax.Array:
     return r[:, None, None, None]
 
 
-def _ssim_and_cs(preds, target, window, data_range, k1, k2):
+def _ssim_and_cs(preds, target, kernel_1d, data_range, k1, k2):
     """Mean SSIM and mean contrast-sensitivity term per image over the valid filter positions."""
-    c = preds.shape[-1]
-    kernel = jnp.tile(jnp.asarray(window)[:, :, None, None], (1, 1, 1, c))
-    stacked = jnp.concatenate([preds, target, preds * preds, target * target, preds * target], axis=0)
-    out = jax.lax.conv_general_dilated(
-        stacked,
-        kernel,
-        (1, 1),
-        "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    mu_p, mu_t, e_pp, e_tt, e_pt = jnp.split(out, 5, axis=0)
+    mu_p, mu_t, e_pp, e_tt, e_pt = filtered_moments(preds, target, kernel_1d)  # [B, C, H', W'] each
     mu_pp, mu_tt, mu_pt = mu_p**2, mu_t**2, mu_p * mu_t
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
@@ -92,7 +89,7 @@ def ssim(
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _ssim(preds, target, data_range, sigma, k1, k2):
     dr = _data_range(preds, target) if data_range is None else jnp.float32(data_range)
-    return _ssim_and_cs(preds, target, gaussian_window(sigma), dr, k1, k2)[0]
+    return _ssim_and_cs(preds, target, gaussian_kernel_1d(sigma), dr, k1, k2)[0]
 
 
 def ms_ssim(
@@ -116,7 +113,7 @@ def ms_ssim(
     preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
     _check_pair(preds, target)
     div = max(1, len(betas) - 1) ** 2
-    size = gaussian_window(sigma).shape[0]
+    size = gaussian_kernel_1d(sigma).shape[0]
     for axis, name in ((1, "height"), (2, "width")):
         # TorchMetrics 0.11's size rule (it divides by (scales - 1)^2, not 2^(scales - 1)).
         if preds.shape[axis] // div <= size - 1:
@@ -129,7 +126,7 @@ def ms_ssim(
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _ms_ssim(preds, target, data_range, betas, sigma, k1, k2, normalize):
-    window = gaussian_window(sigma)
+    window = gaussian_kernel_1d(sigma)
     terms = []
     for scale in range(len(betas)):
         dr = _data_range(preds, target) if data_range is None else jnp.float32(data_range)

@@ -1,0 +1,294 @@
+"""The autoencoder's reconstruction metrics, as Medfusion's ``scripts/evaluate_latent_embedder.py`` (spec 11.2).
+
+For each real image (uint8, divided by 255 and normalised with (0.5, 0.5) to [-1, 1]):
+
+* reconstruction = the VAE's forward output for a **random posterior sample** (``VAE.forward(x)[0]``),
+  clamped to [-1, 1]; the posterior noise of image i is drawn from ``fold_in(key(seed), i)``, so the
+  numbers do not depend on the batch size;
+* MS-SSIM (:func:`~medfusion_jax.metrics.msssim.ms_ssim`: TorchMetrics 0.11, per-image and per-scale
+  data range, ``normalize='relu'``) and MSE of the two images mapped to [0, 1];
+* LPIPS (:class:`~medfusion_jax.metrics.lpips.LPIPS`: calibrated AlexNet, TorchMetrics' default) of
+  the two images in [-1, 1]; the reference logs ``1 - LPIPS`` as "LPIPS score".
+
+Each is reported per image and as mean +- std over images (unbiased, as ``torch.std``); the paper's
+table gives MSE in units of 1e-5. TorchMetrics' 5-scale MS-SSIM needs both image sides above 160
+pixels (more precisely ``side // 16 > 10``); for smaller images it is left out (``None``) with a note.
+
+:func:`evaluate_reconstruction` takes any ``reconstruct(x, keys)`` callable, so it also measures
+other autoencoders (or an identity, in the tests); :func:`vae_reconstructor` makes one of a
+:class:`~medfusion_jax.models.VAE` (one jitted forward per batch shape); :func:`load_autoencoder`
+reads a VAE from a training run, a diffusion run (its frozen autoencoder) or an original Medfusion
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from medfusion_jax.metrics.lpips import LPIPS, lpips_distance
+from medfusion_jax.metrics.msssim import mean_std, ms_ssim, mse_per_image
+
+#: ``reconstruct(x, keys)``: x float32 [B, H, W, C] in [-1, 1], keys [B] -> reconstruction [B, H, W, C].
+ReconstructFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: Images of the PNG (the reference's sample grids show 8).
+NUM_SHOWN = 8
+
+
+class CheckpointError(ValueError):
+    """The autoencoder checkpoint could not be found or read; the message names the path."""
+
+
+# -- models --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _vae_forward(graph, params, x, keys):
+    model = nnx.merge(graph, params)
+    mean, logvar = model.posterior(x)
+    noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(keys)
+    z = mean + jnp.exp(0.5 * logvar) * noise
+    return model.decode(z.astype(x.dtype)).astype(jnp.float32)
+
+
+def vae_reconstructor(vae) -> ReconstructFn:
+    """``reconstruct(x, keys)`` of a VAE: encode, one posterior sample per image from its key, decode.
+
+    The same as the reference's ``VAE.forward(x)[0]`` (the deep-supervision heads do not change the
+    full-resolution output, so they are not computed). Jitted; compiles once per architecture and
+    batch shape.
+    """
+    graph, params = nnx.split(vae)
+    return lambda x, keys: _vae_forward(graph, params, x, keys)
+
+
+def _is_vaegan_state(keys: Iterable[str]) -> bool:
+    return any(k.startswith("vqvae.") for k in keys)
+
+
+def load_autoencoder(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """(VAE, description) from any of:
+
+    * an autoencoder training run directory (its latest checkpoint) or ``RUN/checkpoints/<step>``;
+    * a diffusion run (directory or checkpoint): the frozen autoencoder it was trained on;
+    * an original Medfusion checkpoint (``.ckpt`` of PyTorch Lightning, or a ``.pt``/``.pth``
+      state_dict with the reference's constructor kwargs under ``hyper_parameters``): a ``VAE``, or the
+      inner VAE (``vqvae.*``) of a ``VAEGAN``.
+
+    The description holds ``kind`` ('run' or 'original'), ``path`` and, for runs, ``dataset``,
+    ``data_dir``, ``image_size`` and ``step``. Raises :class:`CheckpointError` naming the path.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if p.is_file():
+        return _load_original(p)
+    from medfusion_jax.training.checkpointing import load_trained, resolve_checkpoint
+
+    try:
+        run_dir, step = resolve_checkpoint(p)
+        modules, config = load_trained(p)
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: cannot load the run: {_first_line(err)}") from err
+    if "vae" not in modules:
+        raise CheckpointError(f"{path}: the run has no autoencoder (networks: {', '.join(modules)})")
+    data = config.data
+    info = dict(kind="run", path=str(run_dir), step=step, dataset=data.dataset, data_dir=data.data_dir,
+                image_size=data.image_size)
+    return modules["vae"], info
+
+
+def _load_original(path: Path) -> tuple[Any, dict[str, Any]]:
+    from medfusion_jax.convert.checkpoint import DEFAULT_IGNORED_PREFIXES, read_checkpoint, select_weights
+    from medfusion_jax.convert.reference import build_from_reference
+    from medfusion_jax.convert.state_dict import load_state_dict
+    from medfusion_jax.torch_file import TorchFileError
+
+    try:
+        state, hparams = read_checkpoint(path)
+        reference_class = "VAEGAN" if _is_vaegan_state(state) else "VAE"
+        # The frozen LPIPS networks of the loss are not part of the model (VAEGAN: its inner VAE's).
+        weights = select_weights(state, ignore=DEFAULT_IGNORED_PREFIXES + ("vqvae.perceiver.",))
+        # Shape-only construction (no random initialisation, which runs op by op), then the weights.
+        module = nnx.eval_shape(lambda: build_from_reference(reference_class, hparams))
+        load_state_dict(module, weights, source=str(path))
+        if any(not isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(module))):
+            module = build_from_reference(reference_class, hparams)
+            load_state_dict(module, weights, source=str(path))
+    except (TorchFileError, OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a Medfusion autoencoder checkpoint: {_first_line(err)}") from err
+    vae = module.vqvae if reference_class == "VAEGAN" else module
+    return vae, dict(kind="original", path=str(path), reference_class=reference_class,
+                     hyper_parameters_stored=bool(hparams))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def msssim_supported(height: int, width: int, scales: int = 5, window: int = 11) -> bool:
+    """TorchMetrics 0.11's size rule for MS-SSIM: ``side // (scales - 1) ** 2 > window - 1``."""
+    div = max(1, scales - 1) ** 2
+    return height // div > window - 1 and width // div > window - 1
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, C] -> float32 in [-1, 1] (ToTensor, then Normalize(0.5, 0.5))."""
+    return (np.asarray(images, np.float32) / 255.0 - 0.5) / 0.5
+
+
+def to_uint8_rounded(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> uint8, rounded (for the PNG only)."""
+    x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) / 2.0 * 255.0
+    return np.round(x).astype(np.uint8)
+
+
+@dataclasses.dataclass
+class ReconstructionResult:
+    """Per-image values (in input order) and the first images with their reconstructions."""
+
+    ms_ssim: np.ndarray | None
+    mse: np.ndarray
+    lpips: np.ndarray | None
+    originals: np.ndarray  # uint8 [k, H, W, C], k <= NUM_SHOWN
+    reconstructions: np.ndarray  # uint8, the same shape
+    image_shape: tuple[int, int, int]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return int(len(self.mse))
+
+    def summary(self) -> dict[str, Any]:
+        """``{"num_images", "image_shape", "ms_ssim", "mse", "mse_x1e5", "lpips", "lpips_score", "notes"}``;
+        each metric ``{"mean", "std"}`` or None when not computed. ``mse_x1e5`` is the MSE in units of
+        1e-5 (the paper's table); ``lpips_score`` is 1 - LPIPS (what the reference script logs)."""
+        def stat(values, scale=1.0, flip=False):
+            if values is None:
+                return None
+            mean, std = mean_std(values)
+            return {"mean": (1.0 - mean if flip else mean) * scale, "std": std * scale}
+
+        return {
+            "num_images": self.num_images,
+            "image_shape": list(self.image_shape),
+            "ms_ssim": stat(self.ms_ssim),
+            "mse": stat(self.mse),
+            "mse_x1e5": stat(self.mse, 1e5),
+            "lpips": stat(self.lpips),
+            "lpips_score": stat(self.lpips, flip=True),
+            "notes": list(self.notes),
+        }
+
+    def comparison_grid(self, pad: int = 2) -> np.ndarray:
+        """uint8 [H', W', C] image: the originals in the top row, their reconstructions below."""
+        images = np.concatenate([self.originals, self.reconstructions])
+        n, h, w, c = images.shape
+        cols = len(self.originals)
+        grid = np.zeros((2 * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
+        for i, img in enumerate(images):
+            r, col = divmod(i, cols)
+            grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+        return grid
+
+
+def _batches(images: Iterable[np.ndarray], batch_size: int):
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(np.asarray(image))
+        if len(batch) == batch_size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def evaluate_reconstruction(
+    images: Iterable[np.ndarray],
+    reconstruct: ReconstructFn,
+    *,
+    batch_size: int = 16,
+    seed: int = 0,
+    lpips_model: LPIPS | None = None,
+    with_lpips: bool = True,
+    num_shown: int = NUM_SHOWN,
+    on_batch: Callable[[int], Any] | None = None,
+) -> ReconstructionResult:
+    """Reconstruct every image and measure MS-SSIM, MSE and LPIPS per image (see the module docstring).
+
+    ``images``: uint8 [H, W, C] arrays of one size. Batches are padded to ``batch_size`` (repeating the
+    last image, whose results are dropped) so each jitted function compiles once. ``lpips_model``
+    defaults to :class:`LPIPS` with the installed weights; ``with_lpips=False`` leaves LPIPS out.
+    LPIPS needs 3 channels: single-channel images are repeated to RGB for it. ``on_batch(n)`` is
+    called after each batch with its number of images (progress bars).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if with_lpips and lpips_model is None:
+        lpips_model = LPIPS()
+    base_key = jax.random.key(seed)
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
+    msssim_vals, mse_vals, lpips_vals = [], [], []
+    shown_orig, shown_rec = [], []
+    shape = None
+    use_msssim = True
+    done = 0
+    for batch in _batches(images, batch_size):
+        n = len(batch)
+        if batch.ndim != 4:
+            raise ValueError(f"expected [H, W, C] images, got a batch of shape {batch.shape}")
+        if shape is None:
+            shape = tuple(int(s) for s in batch.shape[1:])
+            use_msssim = msssim_supported(shape[0], shape[1])
+        elif tuple(batch.shape[1:]) != shape:
+            raise ValueError(f"all images must have one size: {shape} then {tuple(batch.shape[1:])}")
+        padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)]) if n < batch_size else batch
+        x = jnp.asarray(to_model_range(padded))
+        keys = fold(base_key, jnp.arange(done, done + batch_size, dtype=jnp.uint32))
+        rec = jnp.clip(jnp.asarray(reconstruct(x, keys), jnp.float32), -1.0, 1.0)
+        if rec.shape != x.shape:
+            raise ValueError(f"the reconstruction has shape {rec.shape}, the input {x.shape}")
+        real01, fake01 = (x + 1.0) / 2.0, (rec + 1.0) / 2.0
+        mse_vals.append(np.asarray(mse_per_image(fake01, real01))[:n])
+        if use_msssim:
+            msssim_vals.append(np.asarray(ms_ssim(fake01, real01))[:n])
+        if with_lpips:
+            a, b = (x, rec) if x.shape[-1] == 3 else (jnp.repeat(x, 3, axis=-1), jnp.repeat(rec, 3, axis=-1))
+            lpips_vals.append(np.asarray(lpips_distance(lpips_model, a, b))[:n])
+        if len(shown_orig) < num_shown:
+            k = min(num_shown - len(shown_orig), n)
+            shown_orig.extend(batch[:k].astype(np.uint8))
+            shown_rec.extend(to_uint8_rounded(np.asarray(rec[:k])))
+        done += n
+        if on_batch is not None:
+            on_batch(n)
+    if shape is None:
+        raise ValueError("no images to evaluate")
+    notes = []
+    if not use_msssim:
+        notes.append(f"MS-SSIM left out: {shape[0]}x{shape[1]} images are too small for TorchMetrics' 5 scales "
+                     "(each side // 16 must exceed 10, i.e. at least 176 pixels)")
+    if not with_lpips:
+        notes.append("LPIPS left out")
+    return ReconstructionResult(
+        ms_ssim=np.concatenate(msssim_vals) if use_msssim else None,
+        mse=np.concatenate(mse_vals),
+        lpips=np.concatenate(lpips_vals) if with_lpips else None,
+        originals=np.stack(shown_orig),
+        reconstructions=np.stack(shown_rec),
+        image_shape=shape,
+        notes=notes,
+    )
