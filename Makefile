@@ -21,12 +21,19 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The main job: parity with the reference goldens, then the whole pipeline on a built-in dataset
+# (train both stages, sample, score, report). DATASET= picks another dataset, DEMO_ARGS= adds flags
+# of `python -m eval.demo --help` (e.g. DEMO_ARGS="--tiny" for a one-minute smoke run).
+DATASET ?= phantom-cxr
+DEMO_ARGS ?=
+
 demo: $(STAMP)
 	$(PY) -m medfusion_jax.convert verify tests/data/goldens/*/
-	$(PY) -m eval.sample --random-init --out runs/demo
+	$(PY) -m eval.demo --dataset $(DATASET) $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/models.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
