@@ -48,7 +48,7 @@ from medfusion_jax.training.config import (  # noqa: E402
     UNetConfig,
     VAEConfig,
 )
-from medfusion_jax.training.mesh import global_batch, make_mesh, replicated, state_shardings  # noqa: E402
+from medfusion_jax.mesh import global_batch, make_mesh, replicated, state_shardings  # noqa: E402
 from medfusion_jax.training.modules import build, split_params  # noqa: E402
 from medfusion_jax.training.state import compiled_step  # noqa: E402
 

@@ -27,6 +27,7 @@ recompute them).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfusion_jax.data import DATASETS, get_info, make_dataset
+from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
 from medfusion_jax.generate import image_grid
 from medfusion_jax.metrics import conditioning
 from medfusion_jax.metrics.image_files import list_image_files, load_rgb
@@ -95,8 +96,6 @@ class Stages:
         self.start = time.time()
 
     def run(self, name: str, module: str, argv: list[str]) -> None:
-        import importlib
-
         self.index += 1
         command = "python -m " + module + " " + " ".join(shlex.quote(a) for a in argv)
         print(f"\n[{self.index}] {name}  (elapsed {self._elapsed()})\n$ {command}", flush=True)
@@ -148,7 +147,7 @@ def write_reconstructions(ae_dir: Path, args, folder: Path, count: int) -> Path:
     key = jax.random.key(args.seed)
     for start in range(0, count, 50):
         items = [source[i] for i in range(start, min(start + 50, count))]
-        x = np.stack([it["image"] for it in items]).astype(np.float32) / 127.5 - 1.0
+        x = normalize(np.stack([it["image"] for it in items]))
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(items)))
         for i, (item, image) in enumerate(zip(items, to_uint8(reconstruct(x, keys)))):
             save_png(folder / source.class_names[int(item["label"])] / f"{start + i:06d}.png", image)

@@ -80,22 +80,19 @@ def _load_checkpoint(path: Path, use_ema: bool):
     """(unet, vae, schedule, image size, class names, clip_x0, manifest entries) of a diffusion run."""
     # Imported here: the training package (Orbax, Grain) is not needed for --random-init.
     from medfusion_jax.training.checkpointing import load_trained, read_model_json, resolve_checkpoint
-    from medfusion_jax.training.config import DiffusionConfig, from_dict, read_config
+    from medfusion_jax.training.config import DiffusionConfig
 
     try:
         run_dir, step = resolve_checkpoint(path)
-        config = from_dict(read_config(run_dir))
-        if not isinstance(config, DiffusionConfig):
-            raise CommandError(f"--checkpoint {path}: this is a {config.stage} run; sampling needs a diffusion run")
-        spec = read_model_json(run_dir)
         modules, config = load_trained(run_dir / "checkpoints" / str(step), use_ema=use_ema)
-    except CommandError:
-        raise
+        spec = read_model_json(run_dir)
     except Exception as err:  # noqa: BLE001 - any failure to read the run is reported in one line
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if str(path) not in message:
             message = f"{path}: {message}"
         raise CommandError(f"--checkpoint: cannot load {message}") from None
+    if not isinstance(config, DiffusionConfig):
+        raise CommandError(f"--checkpoint {path}: this is a {config.stage} run; sampling needs a diffusion run")
     unet, vae = modules["unet"], modules["vae"]
     size = config.data.image_size
     if size % vae.downsampling:

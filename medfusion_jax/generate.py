@@ -43,7 +43,7 @@ from tqdm import tqdm
 from medfusion_jax.diffusion.sampler import sample_latents
 from medfusion_jax.diffusion.schedule import NoiseSchedule
 from medfusion_jax.models import VAE, UNet
-from medfusion_jax.training.mesh import batch_sharding, make_mesh, replicated
+from medfusion_jax.mesh import batch_sharding, make_mesh, replicated
 
 MANIFEST = "samples.json"
 GRID = "grid.png"

@@ -11,7 +11,7 @@ from medfusion_jax.data import make_dataset, normalize
 from medfusion_jax.models import VAE
 from medfusion_jax.training.diffusion_task import DiffusionSpec, clean_latents
 from medfusion_jax.training.latent_cache import LatentLoader, encode_source, load_or_build
-from medfusion_jax.training.mesh import make_mesh
+from medfusion_jax.mesh import make_mesh
 from medfusion_jax.training.modules import build, split_params
 
 

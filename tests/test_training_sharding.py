@@ -26,7 +26,7 @@ from medfusion_jax.models import VAE
 from medfusion_jax.training import autoencoder_task, diffusion_task
 from medfusion_jax.training.config import (AutoencoderConfig, DataConfig, DiffusionConfig, RunConfig, UNetConfig,
                                            VAEConfig)
-from medfusion_jax.training.mesh import global_batch, make_mesh, replicated, state_shardings
+from medfusion_jax.mesh import global_batch, make_mesh, replicated, state_shardings
 from medfusion_jax.training.modules import build, split_params
 from medfusion_jax.training.state import compiled_step
 

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from medfusion_jax.data import normalize
+from medfusion_jax.generate import image_grid
 from medfusion_jax.metrics.lpips import LPIPS, lpips_distance
 from medfusion_jax.metrics.msssim import mean_std, ms_ssim, mse_per_image
 
@@ -71,10 +73,6 @@ def vae_reconstructor(vae) -> ReconstructFn:
     return lambda x, keys: _vae_forward(graph, params, x, keys)
 
 
-def _is_vaegan_state(keys: Iterable[str]) -> bool:
-    return any(k.startswith("vqvae.") for k in keys)
-
-
 def load_autoencoder(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """(VAE, description) from any of:
 
@@ -108,27 +106,19 @@ def load_autoencoder(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
 
 def _load_original(path: Path) -> tuple[Any, dict[str, Any]]:
-    from medfusion_jax.convert.checkpoint import DEFAULT_IGNORED_PREFIXES, read_checkpoint, select_weights
-    from medfusion_jax.convert.reference import build_from_reference
-    from medfusion_jax.convert.state_dict import load_state_dict
+    """The autoencoder of an original checkpoint, read by the converter (``convert medfusion``)."""
+    from medfusion_jax.convert.medfusion import read_autoencoder
     from medfusion_jax.torch_file import TorchFileError
+    from medfusion_jax.training.modules import MODULE_CLASSES, build_abstract, split_params
 
     try:
-        state, hparams = read_checkpoint(path)
-        reference_class = "VAEGAN" if _is_vaegan_state(state) else "VAE"
-        # The frozen LPIPS networks of the loss are not part of the model (VAEGAN: its inner VAE's).
-        weights = select_weights(state, ignore=DEFAULT_IGNORED_PREFIXES + ("vqvae.perceiver.",))
-        # Shape-only construction (no random initialisation, which runs op by op), then the weights.
-        module = nnx.eval_shape(lambda: build_from_reference(reference_class, hparams))
-        load_state_dict(module, weights, source=str(path))
-        if any(not isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(module))):
-            module = build_from_reference(reference_class, hparams)
-            load_state_dict(module, weights, source=str(path))
+        converted, _, extra = read_autoencoder(path)
     except (TorchFileError, OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: not a Medfusion autoencoder checkpoint: {_first_line(err)}") from err
-    vae = module.vqvae if reference_class == "VAEGAN" else module
-    return vae, dict(kind="original", path=str(path), reference_class=reference_class,
-                     hyper_parameters_stored=bool(hparams))
+    graphdef, _ = split_params(build_abstract(MODULE_CLASSES[converted.cls], converted.kwargs))
+    vae = nnx.merge(graphdef, converted.params)
+    return vae, dict(kind="original", path=str(path), reference_class=extra["info"]["reference_class"],
+                     hyper_parameters_stored=True)
 
 
 def _first_line(err: BaseException) -> str:
@@ -147,7 +137,7 @@ def msssim_supported(height: int, width: int, scales: int = 5, window: int = 11)
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
     """uint8 [B, H, W, C] -> float32 in [-1, 1] (ToTensor, then Normalize(0.5, 0.5))."""
-    return (np.asarray(images, np.float32) / 255.0 - 0.5) / 0.5
+    return normalize(np.asarray(images))
 
 
 def to_uint8_rounded(images: np.ndarray) -> np.ndarray:
@@ -195,14 +185,8 @@ class ReconstructionResult:
 
     def comparison_grid(self, pad: int = 2) -> np.ndarray:
         """uint8 [H', W', C] image: the originals in the top row, their reconstructions below."""
-        images = np.concatenate([self.originals, self.reconstructions])
-        n, h, w, c = images.shape
-        cols = len(self.originals)
-        grid = np.zeros((2 * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
-        for i, img in enumerate(images):
-            r, col = divmod(i, cols)
-            grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
-        return grid
+        return image_grid(np.concatenate([self.originals, self.reconstructions]), columns=len(self.originals),
+                          pad=pad)
 
 
 def _batches(images: Iterable[np.ndarray], batch_size: int):

@@ -12,7 +12,7 @@ Modules:
 * :mod:`~.modules`: building the networks and their pure-pytree form;
 * :mod:`~.autoencoder_task`, :mod:`~.diffusion_task`: train states and pure step functions;
 * :mod:`~.state`: the step counter and key of a train state, and the jitted, donating step;
-* :mod:`~.mesh`: devices, sharding (data parallel, FSDP), multi-host start;
+* :mod:`medfusion_jax.mesh` (below training and evaluation): devices, sharding, multi-host start;
 * :mod:`~.loop`: the one training loop; :mod:`~.stages`: both stages assembled with their data;
 * :mod:`~.checkpointing`: Orbax checkpoints incl. the Grain iterator state, ``load_trained``;
 * :mod:`~.latent_cache`: ``--cache-latents``;

@@ -98,11 +98,8 @@ def write_model_json(run_dir: str | Path, modules: dict[str, dict[str, Any]], cl
 
 
 def read_model_json(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MODEL_JSON
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (not a training run directory, or one still being set up)") from None
+    return config_lib.read_run_json(Path(run_dir) / MODEL_JSON,
+                                    "missing (not a training run directory, or one still being set up)")
 
 
 def save_params(directory: str | Path, params: Any) -> None:

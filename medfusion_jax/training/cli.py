@@ -16,7 +16,7 @@ from typing import Any
 from medfusion_jax.data import DATASETS, DataError
 from medfusion_jax.training.config import DTYPES, DataConfig, RunConfig
 from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
-from medfusion_jax.training.mesh import initialize_distributed
+from medfusion_jax.mesh import initialize_distributed
 
 
 def int_tuple(text: str) -> tuple[int, ...]:

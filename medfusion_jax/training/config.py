@@ -291,11 +291,15 @@ def write_config(config: Config, run_dir: str | Path) -> Path:
     return path
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_JSON
+def read_run_json(path: Path, missing: str) -> dict[str, Any]:
+    """One JSON file of a run directory; errors name the file (``missing`` says what its absence means)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no config.json (is this a training run directory?)") from None
+        raise FileNotFoundError(f"{path}: {missing}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    return read_run_json(Path(run_dir) / CONFIG_JSON, "no config.json (is this a training run directory?)")

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from medfusion_jax.data import ImageSource, make_loader
-from medfusion_jax.training.mesh import global_batch
+from medfusion_jax.mesh import global_batch
 
 FIELDS = ("mean", "logvar", "label")
 

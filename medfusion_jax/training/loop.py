@@ -44,7 +44,7 @@ from medfusion_jax.training.logging import (
     read_metrics,
     save_png,
 )
-from medfusion_jax.training.mesh import check_batch_size, global_batch, make_mesh, replicated, state_shardings
+from medfusion_jax.mesh import check_batch_size, global_batch, make_mesh, replicated, state_shardings
 from medfusion_jax.training.state import compiled_step
 
 State = dict[str, Any]

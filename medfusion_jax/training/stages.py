@@ -33,7 +33,7 @@ from medfusion_jax.training.config import (
     validate,
 )
 from medfusion_jax.training.loop import Task, TrainResult, prepare_run_dir, train
-from medfusion_jax.training.mesh import make_mesh, replicated
+from medfusion_jax.mesh import make_mesh, replicated
 from medfusion_jax.training.modules import split_params
 
 PREVIEW_IMAGES = 8

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from medfusion_jax.training.mesh import replicated
+from medfusion_jax.mesh import replicated
 
 
 def new_progress(seed: int) -> dict[str, jax.Array]:
