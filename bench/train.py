@@ -47,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import PEAK_FLOPS, PYTORCH_MS, step_flops  # noqa: E402  (bench/models.py)
 
+from medfusion_jax import xla_cpu  # noqa: E402
 from medfusion_jax.losses.perceptual import VGG16_LAYOUT  # noqa: E402
 from medfusion_jax.models import VAE  # noqa: E402
 from medfusion_jax.training import autoencoder_task, diffusion_task  # noqa: E402
@@ -238,7 +239,9 @@ def pytorch_ratios(records: list[dict], python: str, threads: int, steps: int) -
 def xla_defaults_ratios(records: list[dict], args) -> list[dict]:
     """The same configurations in a subprocess with XLA's own CPU defaults; speedup = theirs / ours."""
     out = Path(tempfile.mkdtemp()) / "xla_defaults.json"
-    env = dict(os.environ, MEDFUSION_JAX_XLA_CPU_DEFAULTS="0")
+    # This process's import of medfusion_jax appended the setting to XLA_FLAGS: take it out again.
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != xla_cpu.SETTING)
+    env = dict(os.environ, MEDFUSION_JAX_XLA_CPU_DEFAULTS="0", XLA_FLAGS=flags)
     cmd = [sys.executable, __file__, "--configs", ",".join(r["config"] for r in records), "--dtype", args.dtype,
            "--repeats", str(args.repeats), "--json", str(out)] + (["--random-vgg"] if args.random_vgg else [])
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
