@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medfusion_jax.layers import Conv2d, GroupNorm, nearest_exact_resize, same_padding
+from medfusion_jax.layers import BasicBlock, Conv2d, GroupNorm, group_norm_silu, nearest_exact_resize, same_padding
 
 
 def numpy_conv_nchw(x, w, b, stride, pad):
@@ -54,3 +54,53 @@ def test_nearest_exact_duplicates_when_upsampling_and_picks_odd_pixels_when_halv
     # A non-integer ratio uses floor((i + 0.5) * in / out).
     np.testing.assert_array_equal(nearest_exact_resize(jnp.arange(5.0).reshape(1, 5, 1, 1), 3, 1)[0, :, 0, 0],
                                   jnp.array([0.0, 2.0, 4.0]))
+
+
+def _conv_bias_group_norm_silu(y, bias, scale, beta, groups=8, eps=1e-5):
+    """The unfused composition (bias add, GroupNorm as torch's formula, Swish), differentiated by JAX."""
+    b, h, w, c = y.shape
+    xg = (y + bias).reshape(b, h, w, groups, c // groups)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
+    return jax.nn.silu(((xg - mean) / jnp.sqrt(var + eps)).reshape(b, h, w, c) * scale + beta)
+
+
+def test_fused_group_norm_silu_matches_the_composition_and_its_gradients():
+    rng = np.random.default_rng(3)
+    for shape in [(2, 6, 5, 16), (3, 4, 4, 32)]:
+        c = shape[-1]
+        # A large common offset: a one-pass variance would lose most of its digits here.
+        y = jnp.asarray(rng.normal(50.0, 2.0, size=shape).astype(np.float32))
+        bias, scale, beta = (jnp.asarray(rng.normal(size=c).astype(np.float32)) for _ in range(3))
+        weights = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+
+        def fused(*args):
+            return jnp.sum(group_norm_silu(*args, 8, 1e-5, jnp.float32) * weights)
+
+        def plain(*args):
+            return jnp.sum(_conv_bias_group_norm_silu(*args) * weights)
+
+        np.testing.assert_allclose(group_norm_silu(y, bias, scale, beta, 8, 1e-5, jnp.float32),
+                                   _conv_bias_group_norm_silu(y, bias, scale, beta), atol=2e-5)
+        ours = jax.jit(jax.grad(fused, argnums=(0, 1, 2, 3)))(y, bias, scale, beta)
+        theirs = jax.grad(plain, argnums=(0, 1, 2, 3))(y, bias, scale, beta)
+        for name, a, b in zip(["y", "bias", "scale", "beta"], ours, theirs):
+            err = float(jnp.abs(a - b).max() / jnp.abs(b).max())
+            assert err < 1e-4, (shape, name, err)
+
+
+def test_fused_group_norm_silu_keeps_dtypes():
+    y = jnp.ones((1, 4, 4, 8), jnp.bfloat16) * jnp.arange(8, dtype=jnp.bfloat16)
+    params = [jnp.ones(8, jnp.float32), jnp.ones(8, jnp.float32), jnp.zeros(8, jnp.float32)]
+    out, vjp = jax.vjp(lambda y, *p: group_norm_silu(y, *p, 4, 1e-5, jnp.bfloat16), y, *params)
+    assert out.dtype == jnp.bfloat16
+    grads = vjp(jnp.ones_like(out))
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32, jnp.float32]
+
+
+def test_basic_block_with_norm_and_swish_equals_its_layers_applied_in_turn():
+    block = BasicBlock(4, 16, 3, 1, norm_groups=8, act=True, rngs=nnx.Rngs(1))
+    block.norm.scale[...] = jnp.linspace(0.5, 1.5, 16)
+    block.norm.bias[...] = jnp.linspace(-1, 1, 16)
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 4)).astype(np.float32))
+    np.testing.assert_allclose(block(x), jax.nn.silu(block.norm(block.conv(x))), atol=1e-5)
