@@ -5,7 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medfusion_jax.layers import BasicBlock, Conv2d, GroupNorm, group_norm_silu, nearest_exact_resize, same_padding
+from medfusion_jax.layers import (
+    BasicBlock,
+    BasicUp,
+    Conv2d,
+    GroupNorm,
+    group_norm_silu,
+    nearest_exact_resize,
+    same_padding,
+    upsample2x_conv3x3,
+)
 
 
 def numpy_conv_nchw(x, w, b, stride, pad):
@@ -104,3 +113,29 @@ def test_basic_block_with_norm_and_swish_equals_its_layers_applied_in_turn():
     block.norm.bias[...] = jnp.linspace(-1, 1, 16)
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 4)).astype(np.float32))
     np.testing.assert_allclose(block(x), jax.nn.silu(block.norm(block.conv(x))), atol=1e-5)
+
+
+def test_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradients():
+    up = BasicUp(6, 5, 2, 2, rngs=nnx.Rngs(0))
+    up.up_op.bias[...] = jnp.linspace(-1, 1, 5)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 7, 6)).astype(np.float32))
+    assert up.phase_convolutions
+    phased = up(x)
+    up.phase_convolutions = False
+    literal = up(x)
+    assert phased.shape == literal.shape == (2, 10, 14, 5)
+    np.testing.assert_allclose(phased, literal, atol=1e-5)
+
+    weights = jnp.asarray(np.random.default_rng(5).normal(size=(2, 10, 14, 5)).astype(np.float32))
+
+    def phase_loss(x, kernel):
+        return jnp.sum(upsample2x_conv3x3(x, kernel) * weights)
+
+    def literal_loss(x, kernel):
+        y = jax.lax.conv_general_dilated(nearest_exact_resize(x, 10, 14), kernel, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(y * weights)
+
+    kernel = up.up_op.kernel[...]
+    for a, b in zip(jax.grad(phase_loss, argnums=(0, 1))(x, kernel), jax.grad(literal_loss, argnums=(0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
