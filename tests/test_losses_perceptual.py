@@ -86,11 +86,12 @@ def test_grows_with_noise_and_blur(distance, images):
         assert np.all(np.diff(np.stack(series), axis=0) > 0), series
 
 
-def test_small_map_convolution_equals_lax_conv():
+def test_small_map_and_few_output_convolutions_equal_lax_conv():
+    """The matrix paths (maps of at most 2x2 pixels; kernels with at most 4 outputs) give lax.conv's sums."""
     rng = np.random.default_rng(2)
-    kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 5)).astype(np.float32))
-    for hw in (1, 2):
-        x = jnp.asarray(rng.normal(size=(2, hw, hw, 8)).astype(np.float32))
+    for (h, w), out_channels in [((1, 1), 5), ((2, 2), 5), ((2, 2), 3), ((5, 7), 3), ((6, 6), 4), ((6, 6), 1)]:
+        kernel = jnp.asarray(rng.normal(size=(3, 3, 8, out_channels)).astype(np.float32))
+        x = jnp.asarray(rng.normal(size=(2, h, w, 8)).astype(np.float32))
         expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
         np.testing.assert_allclose(np.asarray(conv3x3(x, kernel)), np.asarray(expected), rtol=1e-5, atol=1e-5)

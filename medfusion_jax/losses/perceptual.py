@@ -104,9 +104,19 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     Feature maps of at most 2x2 pixels (the deepest VGG levels of small training images) are
     convolved as one matrix product over the nine shifted copies: XLA:CPU's convolution is
     100x slower than that at exactly 2x2 (e.g. 0.5 s instead of 4 ms for 16 x 2 x 2 x 512 images).
-    Larger maps use ``lax.conv`` (cuDNN on GPU). Both compute the same sums.
+    A kernel with at most 4 output channels (the input gradient of the first VGG convolution, to
+    the 3 image channels) is one matrix product giving every tap's contribution at every pixel,
+    then a sum of the nine shifted tap maps: ~3x faster on XLA:CPU than its convolution, which
+    re-reads the 64-channel input for each of the few outputs. Other maps use ``lax.conv`` (cuDNN
+    on GPU). All compute the same sums.
     """
     b, h, w, c = x.shape
+    out_channels = kernel.shape[-1]
+    if max(h, w) > 2 and out_channels <= 4:
+        taps = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out_channels))
+        taps = jnp.pad(taps.reshape(b, h, w, 3, 3, out_channels), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+        # Output pixel (i, j) takes tap (di, dj) of input pixel (i + di - 1, j + dj - 1).
+        return sum(taps[:, di:di + h, dj:dj + w, di, dj] for di in range(3) for dj in range(3))
     if max(h, w) > 2:
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
