@@ -113,10 +113,11 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     out_channels = kernel.shape[-1]
     if max(h, w) > 2 and out_channels <= 4:
-        taps = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out_channels))
+        taps = jnp.matmul(x.reshape(-1, c), kernel.transpose(2, 0, 1, 3).reshape(c, 9 * out_channels),
+                          preferred_element_type=jnp.float32)
         taps = jnp.pad(taps.reshape(b, h, w, 3, 3, out_channels), ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
         # Output pixel (i, j) takes tap (di, dj) of input pixel (i + di - 1, j + dj - 1).
-        return sum(taps[:, di:di + h, dj:dj + w, di, dj] for di in range(3) for dj in range(3))
+        return sum(taps[:, di:di + h, dj:dj + w, di, dj] for di in range(3) for dj in range(3)).astype(x.dtype)
     if max(h, w) > 2:
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
