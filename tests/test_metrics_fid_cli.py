@@ -42,13 +42,17 @@ def test_folders_per_class_json_and_saved_stats(folders, tmp_path, monkeypatch, 
             "--save-stats", str(stats), "--batch-size", "5", "--no-progress"]
     assert cli.main(argv) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["subset", "n_real", "n_fake", "fid", "precision", "recall"]
+    assert table.splitlines()[0].split() == ["subset", "n_real", "n_fake", "fid", "kid_mean", "kid_std",
+                                             "precision", "recall"]
     result = json.loads(out.read_text())
     rows = {r["subset"]: r for r in result["results"]}
     assert set(rows) == {"all", "cat_a", "cat_b"}
     assert rows["all"]["n_real"] == rows["all"]["n_fake"] == 10
     assert 0 <= rows["all"]["precision"] <= 1 and 0 <= rows["all"]["recall"] <= 1
     assert rows["cat_a"]["n_real"] == 5 and rows["cat_a"]["fid"] > 0
+    # KID over subsets of min(1000, 10 // 2, 10 // 2) = 5 images: different subsets, so a spread.
+    assert rows["all"]["kid_subset_size"] == 5 and rows["all"]["kid_std"] > 0
+    assert np.isfinite(rows["all"]["kid_mean"]) and rows["cat_a"]["kid_subset_size"] == 2
 
     real = load_feature_set(stats)
     assert real.features.shape == (10, 2048) and real.classes == ["cat_a", "cat_b"]
@@ -60,6 +64,7 @@ def test_folders_per_class_json_and_saved_stats(folders, tmp_path, monkeypatch, 
     row = json.loads(again.read_text())["results"][0]
     assert row["fid"] == pytest.approx(rows["all"]["fid"], rel=1e-9)
     assert (row["precision"], row["recall"]) == (rows["all"]["precision"], rows["all"]["recall"])
+    assert row["kid_mean"] == pytest.approx(rows["all"]["kid_mean"], rel=1e-9)
 
     # And the fake side with itself: FID 0, precision = recall = 1.
     assert cli.main(["--real", str(stats), "--fake", str(stats), "--json", str(again), "--no-progress"]) == 0

@@ -14,7 +14,9 @@ What TorchMetrics does (``torchmetrics.image.kid``, 1.x), and so this module:
 - the result is the mean over ``subsets`` (default 100) subsets and their *population* standard
   deviation (``std(unbiased=False)``);
 - ``subset_size`` defaults to 1000 and must not exceed either set. Here ``subset_size=None`` scales that
-  default to the sets: ``min(1000, n_real, n_fake)``.
+  default to the sets: ``min(1000, n_real // 2, n_fake // 2)``. Half, not all, of the smaller set: a
+  subset as large as its set holds the whole set every time, and the spread over subsets would then
+  show only the other side's draws.
 
 Differences, on purpose: the arithmetic is float64 (TorchMetrics computes in the features' dtype,
 float32 for its Inception; its result moves by ~1e-6 relative), and the subsets come from a NumPy
@@ -107,14 +109,14 @@ def kernel_inception_distance(
 ) -> KID:
     """KID of ``fake`` against ``real`` features ([N, dim] each), TorchMetrics' definition.
 
-    ``subset_size=None`` takes ``min(1000, n_real, n_fake)``; ``indices`` (real and fake row indices,
+    ``subset_size=None`` takes ``min(1000, n_real // 2, n_fake // 2)`` (at least 2); ``indices`` (real and fake row indices,
     ``[subsets, subset_size]`` each) replaces the random draw.
     """
     real, fake = _check_pair(real, fake)
     n_real, n_fake = real.shape[0], fake.shape[0]
     if indices is None:
         if subset_size is None:
-            subset_size = min(DEFAULT_SUBSET_SIZE, n_real, n_fake)
+            subset_size = max(2, min(DEFAULT_SUBSET_SIZE, n_real // 2, n_fake // 2))
         if subsets < 1:
             raise ValueError(f"subsets must be positive, got {subsets}")
         if not 2 <= subset_size <= min(n_real, n_fake):
