@@ -12,7 +12,6 @@ from medfusion_jax.training.logging import (
     MetricsLog,
     TensorBoardWriter,
     crc32c,
-    plot_curves,
     read_metrics,
     read_tfrecords,
 )
@@ -95,15 +94,3 @@ def test_resumed_metrics_drop_records_after_the_checkpoint(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
 
 
-def test_loss_curve_png(tmp_path):
-    steps = list(range(1, 200))
-    path = plot_curves(tmp_path / "curve.png", {"loss": (steps, [100.0 / s for s in steps]),
-                                                "disc_loss": (steps, [1.0] * len(steps))}, size=(400, 300))
-    image = np.asarray(Image.open(path))
-    assert image.shape == (300, 400, 3)
-    blue = np.all(image == (31, 119, 180), axis=-1)
-    red = np.all(image == (214, 39, 40), axis=-1)
-    assert blue.sum() > 100 and red.sum() > 100
-    # The decreasing curve starts high on the left and ends low on the right.
-    rows, cols = np.nonzero(blue[:, 90:-30])
-    assert rows[cols.argmin()] < rows[cols.argmax()]

@@ -7,7 +7,7 @@
   tensorboardX is in the stack, so :class:`TensorBoardWriter` writes the two protobuf messages it
   needs (``Event`` and ``Summary``) and the TFRecord framing (length, masked CRC-32C) by hand.
 * ``images/step_XXXXXXX.png``: reconstruction or sample grids.
-* ``loss_curve.png``: drawn with Pillow at the end of a run (matplotlib is not a dependency).
+* ``loss_curve.png``: drawn with matplotlib (:mod:`medfusion_jax.plots`) at the end of a run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 METRICS_JSONL = "metrics.jsonl"
 
@@ -187,65 +187,6 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
-
-
-_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189))
-
-
-def plot_curves(path: str | Path, series: dict[str, tuple[Sequence[int], Sequence[float]]],
-                title: str = "", size: tuple[int, int] = (900, 500)) -> Path:
-    """Line plot of ``{name: (steps, values)}`` as a PNG; log-scale y when all values are positive and
-    span more than a factor of 10."""
-    width, height = size
-    left, right, top, bottom = 80, 20, 40, 50
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    finite = {k: (np.asarray(s, float), np.asarray(v, float)) for k, (s, v) in series.items()}
-    finite = {k: (s[np.isfinite(v)], v[np.isfinite(v)]) for k, (s, v) in finite.items()}
-    finite = {k: sv for k, sv in finite.items() if len(sv[0])}
-    if finite:
-        all_steps = np.concatenate([s for s, _ in finite.values()])
-        all_values = np.concatenate([v for _, v in finite.values()])
-        log_y = bool(np.all(all_values > 0) and all_values.max() > 10 * all_values.min())
-
-        def y_of(v):
-            return np.log10(v) if log_y else v
-
-        x0, x1 = float(all_steps.min()), float(all_steps.max()) or 1.0
-        y0, y1 = float(y_of(all_values).min()), float(y_of(all_values).max())
-        if x1 == x0:
-            x1 = x0 + 1.0
-        if y1 == y0:
-            y0, y1 = y0 - 0.5, y1 + 0.5
-
-        def to_px(s, v):
-            px = left + (s - x0) / (x1 - x0) * (width - left - right)
-            py = height - bottom - (y_of(v) - y0) / (y1 - y0) * (height - top - bottom)
-            return px, py
-
-        for i in range(5):
-            frac = i / 4
-            yv = y0 + frac * (y1 - y0)
-            py = height - bottom - frac * (height - top - bottom)
-            draw.line([(left, py), (width - right, py)], fill=(230, 230, 230))
-            label = f"{10 ** yv:.3g}" if log_y else f"{yv:.3g}"
-            draw.text((5, py - 6), label, fill="black", font=font)
-            xv = x0 + frac * (x1 - x0)
-            px = left + frac * (width - left - right)
-            draw.text((px - 10, height - bottom + 8), f"{xv:.0f}", fill="black", font=font)
-        for i, (name, (steps, values)) in enumerate(finite.items()):
-            colour = _COLOURS[i % len(_COLOURS)]
-            points = [to_px(s, v) for s, v in zip(steps, values)]
-            if len(points) > 1:
-                draw.line(points, fill=colour, width=2)
-            else:
-                draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colour)
-            draw.text((width - right - 150, top + 14 * i), name, fill=colour, font=font)
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    draw.text((left, 12), title + ("  (log scale)" if finite and log_y else ""), fill="black", font=font)
-    draw.text((width // 2 - 10, height - 20), "step", fill="black", font=font)
-    return save_png(path, np.asarray(image))
 
 
 def downsample_records(records: list[dict], key: str, max_points: int = 2000) -> tuple[list[int], list[float]]:

@@ -40,10 +40,10 @@ from medfusion_jax.training.logging import (
     MetricsLog,
     TensorBoardWriter,
     downsample_records,
-    plot_curves,
     read_metrics,
     save_png,
 )
+from medfusion_jax.plots import line_plot
 from medfusion_jax.mesh import check_batch_size, global_batch, make_mesh, replicated, state_shardings
 from medfusion_jax.training.state import compiled_step
 
@@ -294,4 +294,4 @@ def _plot_loss_curve(run_dir: Path, name: str) -> None:
     series = {key: downsample_records(records, key) for key in ("loss", "disc_loss")}
     series = {k: v for k, v in series.items() if v[0]}
     if series:
-        plot_curves(run_dir / "loss_curve.png", series, title=f"{name}: training loss")
+        line_plot(run_dir / "loss_curve.png", series, title=f"{name}: training loss", ylabel="loss")
