@@ -61,20 +61,23 @@ def test_reference_step_counter_advances_twice_per_batch():
 
 
 def test_bad_values_name_their_flag():
+    # The phantom preset downsamples twice (4x); the paper's networks three times (8x).
+    with pytest.raises(ValueError, match="--image-size 102 must be divisible by 4"):
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "102"))
     with pytest.raises(ValueError, match="--image-size 100 must be divisible by 8"):
-        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "100"))
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "100", "--hid-chs", "32,64,64,64"))
     with pytest.raises(ValueError, match="--hid-chs .* norm groups"):
         config_lib.validate(ae_config("--dataset", "phantom-cxr", "--hid-chs", "12,16,16,16"))
     with pytest.raises(ValueError, match="at least 16x16 pixels"):
-        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "16"))
+        config_lib.validate(ae_config("--dataset", "phantom-cxr", "--image-size", "16", "--perceptual-weight", "1"))
     with pytest.raises(SystemExit):
         ae_cli.parse_args(["--dataset", "phantom-cxr", "--hid-chs", "8,x"])
 
 
 def test_cli_reports_errors_with_exit_status_2(tmp_path, capsys):
-    code = ae_cli.main(["--dataset", "phantom-cxr", "--image-size", "36", "--run-dir", str(tmp_path / "run")])
+    code = ae_cli.main(["--dataset", "phantom-cxr", "--image-size", "38", "--run-dir", str(tmp_path / "run")])
     assert code == 2
-    assert "--image-size 36" in capsys.readouterr().err
+    assert "--image-size 38" in capsys.readouterr().err
     code = diffusion_cli.main(["--dataset", "phantom-cxr", "--autoencoder", str(tmp_path / "nothing")])
     assert code == 2
     assert "not a training run directory" in capsys.readouterr().err

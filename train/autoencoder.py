@@ -36,9 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--norm-groups", type=int, default=8, help="GroupNorm groups (the paper: 8)")
     loss = parser.add_argument_group("loss and optimizer")
     loss.add_argument("--pixel-loss", choices=("l1", "mse"), help="pixel term (CheXpert preset: mse; VAEGAN: l1)")
-    loss.add_argument("--perceptual-weight", type=float, default=1.0, help="LPIPS-VGG weight (0 disables it)")
+    loss.add_argument("--perceptual-weight", type=float,
+                      help="LPIPS-VGG weight (the paper: 1; 0 disables it; the phantom presets: 0)")
     loss.add_argument("--kl-weight", type=float, default=1e-6)
-    loss.add_argument("--lr", type=float, help="autoencoder learning rate (1e-4; 1e-6 in the GAN stage)")
+    loss.add_argument("--lr", type=float,
+                      help="autoencoder learning rate (the paper: 1e-4, 1e-6 in the GAN stage; phantom presets: 1e-3)")
     loss.add_argument("--init-from", help="start from this trained autoencoder run or checkpoint")
     gan = parser.add_argument_group("GAN stage (VAEGAN)")
     gan.add_argument("--gan", action="store_true", help="VAEGAN with GAN terms from the first batch")
@@ -69,9 +71,9 @@ def make_config(args: argparse.Namespace) -> AutoencoderConfig:
                         deep_supervision=pick(args, values, "deep_supervision"), norm_groups=args.norm_groups),
         # VAEGAN's reconstruction term is L1 whatever the data set (spec 5.1).
         pixel_loss=args.pixel_loss or ("l1" if gan_mode else values["pixel_loss"]),
-        perceptual_weight=args.perceptual_weight,
+        perceptual_weight=pick(args, values, "perceptual_weight", 1.0),
         kl_weight=args.kl_weight,
-        lr=args.lr if args.lr is not None else (1e-6 if gan_mode else 1e-4),
+        lr=args.lr if args.lr is not None else (1e-6 if gan_mode else values.get("lr", 1e-4)),
         gan=gan,
         init_from=args.init_from,
     )

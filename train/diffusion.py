@@ -33,15 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="channels per level (the paper: 256,256,512,1024); levels after the second halve the size")
     model.add_argument("--time-emb-dim", type=int, help="time/label embedding width (the paper: 1024)")
     model.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (the paper: 32)")
+    model.add_argument("--num-res-blocks", type=int, help="residual blocks per level (the paper: 2)")
     train = parser.add_argument_group("training")
-    train.add_argument("--lr", type=float, default=1e-4)
+    train.add_argument("--lr", type=float, help="AdamW learning rate (the paper: 1e-4; preset per data set)")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch's default)")
     train.add_argument("--cfg-dropout", type=float, default=0.5, help="probability of dropping the label")
     train.add_argument("--per-sample-cfg-dropout", action="store_true",
                        help="drop labels per sample (the reference decides once per batch)")
     train.add_argument("--cache-latents", action="store_true",
                        help="encode the data once (posterior mean and log-variance) and train from the cache")
-    train.add_argument("--ema", action="store_true", help="keep an EMA of the weights, used for sampling")
+    train.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep an EMA of the weights, used for sampling (the paper: no; phantom presets: yes)")
     train.add_argument("--ema-max-decay", type=float, default=0.9999)
     preview = parser.add_argument_group("sample grids")
     preview.add_argument("--sample-steps", type=int, help="DDIM steps of the sample grids (the reference: 150)")
@@ -59,13 +61,13 @@ def make_config(args: argparse.Namespace) -> DiffusionConfig:
         run=run_config(args, values, "diffusion"),
         autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
         model=UNetConfig(hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=pick(args, values, "time_emb_dim"),
-                         norm_groups=args.norm_groups),
-        lr=args.lr,
+                         norm_groups=args.norm_groups, num_res_blocks=pick(args, values, "num_res_blocks", 2)),
+        lr=pick(args, values, "lr", 1e-4),
         weight_decay=args.weight_decay,
         cfg_dropout=args.cfg_dropout,
         per_sample_cfg_dropout=args.per_sample_cfg_dropout,
         cache_latents=args.cache_latents,
-        ema=args.ema,
+        ema=pick(args, values, "ema", False),
         ema_max_decay=args.ema_max_decay,
         sample_steps=pick(args, values, "sample_steps", 150),
         guidance_scale=args.guidance_scale,
