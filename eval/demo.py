@@ -1,22 +1,27 @@
 """The whole Medfusion pipeline on one data set, end to end, with a report: ``make demo`` runs this.
 
-    python -m eval.demo                                   # phantom-cxr at 64x64, about 23 min on 2 CPU cores
-    python -m eval.demo --dataset phantom-fundus --out runs/demo-fundus
+    python -m eval.demo                                   # phantom-cxr at 64x64, under 25 min on 2 CPU cores
+    python -m eval.demo --dataset phantom-fundus          # or phantom-histo; runs/demo-<dataset>
     python -m eval.demo --tiny --out /tmp/smoke           # seconds-sized smoke run of every stage
 
-Stages (each is one of the project's command lines, printed before it runs, so you can rerun any
-of them by hand):
+Stages (the training and sampling stages are the project's command lines, printed before they run, so
+any of them can be rerun by hand):
 
-1. ``train.autoencoder``: the VAE, without the VGG perceptual term by default (``--ae-perceptual``
-   turns it on: on a 2-core CPU it triples the step time; the phantoms reconstruct well without it);
-2. ``train.diffusion`` on cached latents, checkpoints at ``--fid-points`` evenly spaced steps;
-3. ``eval.sample`` at every one of those checkpoints (``--num-per-class`` images per class,
-   ``--sample-steps`` DDIM steps) and ``eval.fid`` against held-out images of the test split
-   (FID over training: the curve should fall), precision/recall and per-class FID at the last one;
-4. conditioning accuracy: the data set's measurement function applied to the generated images of
-   each class, next to the same measurement on real test images (its ceiling);
-5. ``eval.autoencoder``: MS-SSIM, MSE and LPIPS of the autoencoder on test images;
-6. ``eval.memorization``: the generated images' nearest training images;
+1. ``train.autoencoder`` with the data set's preset (for the phantoms: 4x compression to a 16x16
+   latent with as many latent values as image values, no VGG term, Adam 1e-3; see the report's
+   "Settings that differ from the paper" for every value and why);
+2. ``train.diffusion`` on cached latents, a checkpoint at each of ``--fid-points`` evenly spaced steps;
+3. references, scored exactly like the samples and at the same sizes: a second held-out real split
+   (``validation``, disjoint from the training and test splits) against the test split, the best any
+   generator can score at this sample size; and the autoencoder's reconstructions of those same
+   images, what the frozen autoencoder allows;
+4. ``eval.sample`` at every checkpoint (``--num-per-class`` images per class, ``--sample-steps`` DDIM
+   steps) and FID, KID (mean ± std over subsets) and precision/recall (k = 3) against
+   ``--real-examples`` held-out test images, overall and per class;
+5. the data set's measured feature (phantoms: cardiothoracic ratio, cup-to-disc ratio, lymphocyte
+   area fraction) on every generated and real image: conditioning accuracy, and per class the
+   Wasserstein-1 distance and Kolmogorov–Smirnov statistic of generated against real values;
+6. ``eval.autoencoder`` (MS-SSIM, MSE, LPIPS) and ``eval.memorization`` (nearest training images);
 7. ``OUT/report.md`` and ``OUT/report.html``.
 
 Run again with the same arguments, it continues where it stopped: training resumes from its last
@@ -27,6 +32,7 @@ recompute them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import shlex
@@ -37,27 +43,31 @@ from pathlib import Path
 import numpy as np
 
 from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
-from medfusion_jax.generate import image_grid
-from medfusion_jax.metrics import conditioning
+from medfusion_jax.evaluation.image_scores import ImageScores, score_per_class
+from medfusion_jax.evaluation.measurements import ClassMeasurement, compare_classes, measure
+from medfusion_jax.metrics.feature_sets import FeatureSet, folder_feature_set, load_feature_set
 from medfusion_jax.metrics.image_files import list_image_files, load_rgb
-from medfusion_jax.report import heading, images, table, text, write_report
-from medfusion_jax.training.logging import downsample_records, plot_curves, read_metrics, save_png
+from medfusion_jax.training.logging import save_png
 
 # (defaults, --tiny) of every size knob.
 SIZES = {
     "image_size": (64, 32),
     "train_examples": (1000, 16),
-    "ae_steps": (600, 3),
-    "ae_hid_chs": (None, "8,8,8,8"),
-    "diffusion_steps": (1800, 4),
+    "ae_steps": (2000, 3),
+    "ae_hid_chs": (None, "8,8,8"),
+    "diffusion_steps": (3900, 4),
     "diffusion_batch_size": (32, 8),
     "unet_hid_chs": (None, "16,16,32,32"),
     "fid_points": (3, 2),
-    "num_per_class": (150, 4),
-    "real_examples": (500, 8),
+    "num_per_class": (150, 6),
+    "real_examples": (500, 12),
     "sample_steps": (50, 3),
     "ae_eval_examples": (200, 8),
 }
+#: The paper's data set whose configuration each built-in phantom scales down.
+PAPER_COUNTERPART = {"phantom-cxr": "chexpert", "phantom-fundus": "airogs", "phantom-histo": "crcdx"}
+#: Split of the real reference set (a second held-out real split), where the data set has one.
+REFERENCE_SPLIT = "validation"
 
 
 def parse_args(argv):
@@ -69,7 +79,14 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, help="output folder (default runs/demo-<dataset>)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes everywhere: a smoke test of every stage")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ae-perceptual", action="store_true", help="keep the VGG16 perceptual term (spec 4.3)")
+    ae = p.add_argument_group("autoencoder (defaults: the data set's preset of train.autoencoder)")
+    ae.add_argument("--ae-perceptual", action="store_true",
+                    help="add the VGG16 perceptual term with weight 1 (spec 4.3; about 3x the step time on a CPU)")
+    ae.add_argument("--ae-emb-channels", type=int, help="latent channels")
+    ae.add_argument("--ae-lr", type=float, help="learning rate")
+    ae.add_argument("--paper-autoencoder", action="store_true",
+                    help="the paper's autoencoder instead of the preset: 64,128,256,512 channels (8x compression), "
+                         "the paper data set's latent channels, Adam 1e-4, VGG16 term (slow on a CPU)")
     for name, (default, tiny) in SIZES.items():
         kind = str if name.endswith("hid_chs") else int
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
@@ -84,92 +101,155 @@ def parse_args(argv):
         p.error(f"--dataset {args.dataset} needs --data-dir (only the phantom-* data sets are built in)")
     if args.fid_points < 1 or args.diffusion_steps < args.fid_points:
         p.error("--fid-points must be between 1 and --diffusion-steps")
+    if min(args.num_per_class, args.real_examples) < 4:
+        p.error("--num-per-class and --real-examples must be at least 4 (precision/recall use k = 3 neighbours)")
     return args
 
 
 class Stages:
-    """Runs the command lines in this process, printing each with its elapsed time."""
+    """Runs the stages, printing each with the elapsed time, and records how long each took."""
 
-    def __init__(self):
+    def __init__(self, timings_json: Path):
         self.index = 0
-        self.timings: dict[str, float] = {}
+        self.timings_json = timings_json
+        # Seconds per stage, summed over every run of the demo in this folder (a resumed stage adds the
+        # rest of its work), kept in ``timings.json`` after each stage so an interrupted run loses none.
+        self.timings: dict[str, float] = read_json(timings_json) if timings_json.is_file() else {}
         self.start = time.time()
 
     def run(self, name: str, module: str, argv: list[str]) -> None:
-        self.index += 1
+        """One of the project's command lines, in this process."""
         command = "python -m " + module + " " + " ".join(shlex.quote(a) for a in argv)
-        print(f"\n[{self.index}] {name}  (elapsed {self._elapsed()})\n$ {command}", flush=True)
-        began = time.time()
-        code = importlib.import_module(module).main(argv)
-        self.timings[name] = self.timings.get(name, 0.0) + time.time() - began
+        with self.timed(name, command):
+            code = importlib.import_module(module).main(argv)
         if code:
             raise SystemExit(f"demo stopped: stage '{name}' failed with exit status {code}. Fix the cause and "
                              f"run the demo again (finished stages are kept); the command was:\n$ {command}")
 
-    def step(self, name: str) -> None:
+    @contextlib.contextmanager
+    def timed(self, name: str, command: str | None = None):
         self.index += 1
-        print(f"\n[{self.index}] {name}  (elapsed {self._elapsed()})", flush=True)
+        print(f"\n[{self.index}] {name}  (elapsed {self.elapsed()})" + (f"\n$ {command}" if command else ""),
+              flush=True)
+        began = time.time()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.time() - began
+        write_json(self.timings_json, self.timings)
 
-    def _elapsed(self) -> str:
+    def elapsed(self) -> str:
         minutes, seconds = divmod(int(time.time() - self.start), 60)
         return f"{minutes}m{seconds:02d}s"
 
 
-def export_images(source, folder: Path, limit: int | None = None) -> Path:
-    """Write a data source as PNGs in the ImageFolder layout (skipped when already complete)."""
-    count = len(source) if limit is None else min(limit, len(source))
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def dataset_images(args, split: str, count: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(uint8 images [N, H, W, 3], class indices [N], class names) of the first ``count`` items of a split."""
+    info = get_info(args.dataset)
+    source = make_dataset(args.dataset, data_dir=args.data_dir, split=split, image_size=args.image_size,
+                          channels=3, num_examples=count if info.builtin else None)
+    count = min(count, len(source))
+    items = [source[i] for i in range(count)]
+    return (np.stack([it["image"] for it in items]), np.array([int(it["label"]) for it in items]),
+            tuple(source.class_names))
+
+
+def export_images(images: np.ndarray, labels: np.ndarray, class_names, folder: Path) -> Path:
+    """Write images as PNGs in the ImageFolder layout (skipped when already complete)."""
     done = folder / ".complete"
-    if done.is_file() and done.read_text() == str(count):
+    if done.is_file() and done.read_text() == str(len(images)):
         return folder
-    for i in range(count):
-        item = source[i]
-        target = folder / source.class_names[int(item["label"])] / f"{i:06d}.png"
-        save_png(target, np.asarray(item["image"]))
-    done.write_text(str(count))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        save_png(folder / class_names[int(label)] / f"{i:06d}.png", image)
+    done.write_text(str(len(images)))
     return folder
 
 
-def write_reconstructions(ae_dir: Path, args, folder: Path, count: int) -> Path:
-    """Autoencoder reconstructions (posterior sample, uint8 truncation as generated images) of the first
-    ``count`` validation images, in the ImageFolder layout."""
+def reconstruct(ae_dir: Path, images: np.ndarray, seed: int, batch: int = 50) -> np.ndarray:
+    """The autoencoder's reconstructions (a posterior sample per image, uint8 truncation as for generated
+    images); image i's posterior noise comes from ``fold_in(key(seed), i)``."""
     import jax
 
     from medfusion_jax.generate import to_uint8
     from medfusion_jax.metrics.reconstruction import load_autoencoder, vae_reconstructor
 
     vae, _ = load_autoencoder(ae_dir)
-    reconstruct = vae_reconstructor(vae)
-    info = get_info(args.dataset)
-    split = "validation" if "validation" in info.splits else "train"
-    source = make_dataset(args.dataset, data_dir=args.data_dir, split=split, image_size=args.image_size,
-                          channels=3, num_examples=count if info.builtin else None)
-    count = min(count, len(source))
-    key = jax.random.key(args.seed)
-    for start in range(0, count, 50):
-        items = [source[i] for i in range(start, min(start + 50, count))]
-        x = normalize(np.stack([it["image"] for it in items]))
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(items)))
-        for i, (item, image) in enumerate(zip(items, to_uint8(reconstruct(x, keys)))):
-            save_png(folder / source.class_names[int(item["label"])] / f"{start + i:06d}.png", image)
-    return folder
+    run = vae_reconstructor(vae)
+    key = jax.random.key(seed)
+    out = []
+    for start in range(0, len(images), batch):
+        x = normalize(images[start:start + batch])
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(x)))
+        out.append(to_uint8(run(x, keys)))
+    return np.concatenate(out)
 
 
-def class_grids(folder: Path, class_names, prefix: str, out: Path, per_class: int = 8) -> list[tuple[str, str]]:
-    """One grid PNG per class of an ImageFolder; returns (path relative to ``out``, caption)."""
+class Features:
+    """Inception features of the demo's image sets, extracted once (one extractor) and kept as ``.npz``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._extractor = None
+
+    def extractor(self):
+        if self._extractor is None:
+            from medfusion_jax.metrics.features import InceptionFeatureExtractor
+
+            self._extractor = InceptionFeatureExtractor(batch_size=50)
+        return self._extractor
+
+    def of_images(self, name: str, images: np.ndarray, labels: np.ndarray, class_names) -> FeatureSet:
+        path = self.folder / f"{name}.npz"
+        if path.is_file():
+            return load_feature_set(path)
+        pool = self.extractor().extract(images, desc=name)["pool"]
+        result = FeatureSet.from_features(pool, np.array([class_names[int(c)] for c in labels], dtype=object), name)
+        self._save(result, path)
+        return result
+
+    def of_folder(self, name: str, folder: Path) -> FeatureSet:
+        path = self.folder / f"{name}.npz"
+        if path.is_file():
+            return load_feature_set(path)
+        result = folder_feature_set(folder, self.extractor())
+        self._save(result, path)
+        return result
+
+    def _save(self, result: FeatureSet, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        result.save(tmp)
+        tmp.replace(path)
+
+
+def score_set(path: Path, real: FeatureSet, fake: FeatureSet, seed: int,
+              provenance: dict | None = None) -> list[ImageScores]:
+    """FID/KID/precision/recall of ``fake`` against ``real``, overall and per class; kept in ``path``
+    (with ``provenance``: where the real side came from)."""
+    if not path.is_file():
+        rows = score_per_class(real, fake, seed=seed)
+        write_json(path, {**(provenance or {}), "rows": [r.to_dict() for r in rows]})
+    rows = [ImageScores.from_dict(r) for r in read_json(path)["rows"]]
+    overall = rows[0]
+    print(f"{path.stem}: FID {overall.fid:.2f}, KID {overall.kid_mean:.4g} ± {overall.kid_std:.2g}, "
+          f"precision {overall.precision:.3f}, recall {overall.recall:.3f} "
+          f"({overall.n_fake} vs {overall.n_real} real)")
+    return rows
+
+
+def folder_images(folder: Path, class_names) -> tuple[np.ndarray, np.ndarray]:
     files = list_image_files(folder)
-    result = []
-    for name in class_names:
-        chosen = [f.path for f in files if f.label == name][:per_class]
-        if not chosen:
-            continue
-        grid = image_grid(np.stack([load_rgb(p) for p in chosen]), columns=min(per_class, 4))
-        path = save_png(out / "report" / f"{prefix}_{name.replace(' ', '_')}.png", grid)
-        result.append((str(path.relative_to(out)), f"{prefix}: {name}"))
-    return result
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
+    return (np.stack([load_rgb(f.path) for f in files]),
+            np.array([list(class_names).index(f.label) for f in files]))
 
 
 def main(argv=None) -> int:
@@ -177,24 +257,20 @@ def main(argv=None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     info = get_info(args.dataset)
-    (out / "demo_args.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                    for k, v in vars(args).items()}, indent=1))
+    write_json(out / "demo_args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     ae_dir, diff_dir, scores = out / "autoencoder", out / "diffusion", out / "scores"
-    scores.mkdir(exist_ok=True)
+    features = Features(scores / "features")
     data_flags = ["--dataset", args.dataset, "--image-size", str(args.image_size)]
     if args.data_dir:
         data_flags += ["--data-dir", args.data_dir]
     train_flags = data_flags + (["--num-examples", str(args.train_examples)] if info.builtin else [])
-    stages = Stages()
+    stages = Stages(out / "timings.json")
 
     # 1. Autoencoder.
     ae_argv = train_flags + ["--run-dir", str(ae_dir), "--steps", str(args.ae_steps), "--seed", str(args.seed),
                              "--checkpoint-every", str(max(1, args.ae_steps // 4)),
                              "--image-every", str(max(1, args.ae_steps // 4)), "--log-every", "10"]
-    if not args.ae_perceptual:
-        ae_argv += ["--perceptual-weight", "0"]
-    if args.ae_hid_chs:
-        ae_argv += ["--hid-chs", args.ae_hid_chs]
+    ae_argv += autoencoder_flags(args)
     stages.run("train the autoencoder", "train.autoencoder", ae_argv)
 
     # 2. Diffusion model, with checkpoints at the FID points.
@@ -209,182 +285,114 @@ def main(argv=None) -> int:
         diff_argv += ["--hid-chs", args.unet_hid_chs, "--time-emb-dim", "32", "--norm-groups", "8"]
     stages.run("train the diffusion model", "train.diffusion", diff_argv)
 
-    # 3. Sample and score at every checkpoint.
-    real_stats = scores / "real_test_features.npz"
-    fid_points = []
+    # 3. The real test set and the two references, at the generated set's size.
+    num_generated = args.num_per_class * len(info.class_names)
+    reference_split = REFERENCE_SPLIT if REFERENCE_SPLIT in info.splits else "train"
+    with stages.timed("references: a second real split and the autoencoder's reconstructions"):
+        test_images, test_labels, class_names = dataset_images(args, "test", args.real_examples)
+        real = features.of_images("real_test", test_images, test_labels, class_names)
+        ref_images, ref_labels, _ = dataset_images(args, reference_split, num_generated)
+        ref_real = features.of_images("real_reference", ref_images, ref_labels, class_names)
+        recon_folder = out / "autoencoder_reconstructions"
+        if (recon_folder / ".complete").is_file():
+            recon_images, recon_labels = folder_images(recon_folder, class_names)
+        else:
+            recon_images, recon_labels = reconstruct(ae_dir, ref_images, args.seed), ref_labels
+            export_images(recon_images, recon_labels, class_names, recon_folder)
+        recon = features.of_images("reconstructions", recon_images, recon_labels, class_names)
+        provenance = {"real": {"split": "test", "n": len(test_images), "first_index": 0}}
+        write_json(scores / "references.json", {
+            **provenance,
+            "real_reference": {"split": reference_split, "n": len(ref_images), "first_index": 0,
+                               "overlaps_training": reference_split == "train"},
+            "reconstructions": {"of": "real_reference", "split": reference_split, "n": len(recon_images)},
+            "generated_per_checkpoint": num_generated,
+        })
+        score_set(scores / "reference_real.json", real, ref_real, args.seed, provenance)
+        score_set(scores / "reference_reconstructions.json", real, recon, args.seed, provenance)
+
+    # 4. Sample and score at every checkpoint.
     steps = sorted(int(p.name) for p in (diff_dir / "checkpoints").iterdir() if p.name.isdigit())
-    for i, step in enumerate(steps):
-        final = i == len(steps) - 1
+    for step in steps:
         samples = out / "samples" / f"step_{step:06d}"
-        fid_json = scores / f"fid_step_{step:06d}.json"
-        if not fid_json.is_file():
+        step_json = scores / f"step_{step:06d}.json"
+        if not step_json.is_file():
             stages.run(f"sample step {step}", "eval.sample",
                        ["--checkpoint", str(diff_dir / "checkpoints" / str(step)), "--out", str(samples),
                         "--num-per-class", str(args.num_per_class), "--steps", str(args.sample_steps),
                         "--seed", str(args.seed), "--batch-size", "100"])
-            if real_stats.is_file():
-                real = ["--real", str(real_stats)]
-            else:
-                real = ["--real", args.dataset, "--split", "test", "--image-size", str(args.image_size),
-                        "--save-stats", str(real_stats)]
-                if info.builtin:
-                    real += ["--num-examples", str(args.real_examples)]
-                if args.data_dir:
-                    real += ["--data-dir", args.data_dir]
-            stages.run(f"FID at step {step}", "eval.fid",
-                       real + ["--fake", str(samples), "--json", str(fid_json)] + (["--per-class"] if final else []))
-        fid_points.append((step, read_json(fid_json)["results"][0]["fid"]))
+            with stages.timed(f"score step {step}"):
+                fake = features.of_folder(f"generated_step_{step:06d}", samples)
+                score_set(step_json, real, fake, args.seed, provenance)
+        else:
+            score_set(step_json, real, load_feature_set(scores / "features" / f"generated_step_{step:06d}.npz"),
+                      args.seed)
     final_samples = out / "samples" / f"step_{steps[-1]:06d}"
 
-    # The floor: FID of autoencoder reconstructions of real (validation) images, what a perfect
-    # diffusion model on these latents would reach.
-    floor_json = scores / "fid_autoencoder_floor.json"
-    if not floor_json.is_file():
-        floor = write_reconstructions(ae_dir, args, out / "autoencoder_reconstructions",
-                                      count=args.num_per_class * max(1, len(info.class_names)))
-        stages.run("FID of autoencoder reconstructions (the floor)", "eval.fid",
-                   ["--real", str(real_stats), "--fake", str(floor), "--json", str(floor_json)])
-    floor_fid = read_json(floor_json)["results"][0]["fid"]
-    plot_curves(out / "report" / "fid_curve.png",
-                {"FID": ([s for s, _ in fid_points], [f for _, f in fid_points]),
-                 "autoencoder floor": ([steps[0], steps[-1]], [floor_fid, floor_fid])},
-                title="FID against held-out images over diffusion training")
-
-    # 4. Conditioning accuracy.
-    stages.step("conditioning accuracy (measurement function)")
-    accuracy_json = scores / "conditioning.json"
+    # 5. The measured feature: conditioning accuracy and within-class distributions.
+    measurements_json = scores / "measurements.json"
     if info.measure is None:
-        print(f"{args.dataset} has no measurement function: skipped")
-    elif not accuracy_json.is_file():
-        test_source = make_dataset(args.dataset, data_dir=args.data_dir, split="test", image_size=args.image_size,
-                                   channels=3, num_examples=args.real_examples if info.builtin else None)
-        result = {"generated": conditioning.summary(conditioning.folder_accuracy(info, final_samples)),
-                  "real": conditioning.summary(conditioning.source_accuracy(info, test_source, args.real_examples))}
-        accuracy_json.write_text(json.dumps(result, indent=1))
-        print(f"balanced accuracy: generated {result['generated']['balanced_accuracy']:.3f}, "
-              f"real test images {result['real']['balanced_accuracy']:.3f} (chance {result['real']['chance']:.2f})")
+        print(f"{args.dataset} has no measurement function: conditioning accuracy skipped")
+    elif not measurements_json.is_file():
+        with stages.timed(f"measure the {info.feature} (conditioning and within-class distribution)"):
+            gen_images, gen_labels = folder_images(final_samples, class_names)
+            values = {"generated": measure(info, gen_images), "real_reference": measure(info, ref_images),
+                      "real": measure(info, test_images)}
+            labels = {"generated": gen_labels, "real_reference": ref_labels, "real": test_labels}
+            result = {"feature": info.feature, "threshold": info.threshold, "step": steps[-1],
+                      "values": {k: [float(x) for x in v] for k, v in values.items()},
+                      "labels": {k: [int(x) for x in v] for k, v in labels.items()}}
+            for name in ("generated", "real_reference", "real"):
+                rows = compare_classes(info, values[name], labels[name], values["real"], labels["real"])
+                result[name] = [r.to_dict() for r in rows]
+            write_json(measurements_json, result)
+    if measurements_json.is_file():
+        for row in read_json(measurements_json)["generated"]:
+            m = ClassMeasurement.from_dict(row)
+            print(f"{m.class_name}: accuracy {m.accuracy:.3f}, {info.feature} {m.mean:.3f} ± {m.std:.3f}, "
+                  f"Wasserstein-1 {m.distance.wasserstein1:.4f}, KS {m.distance.ks_statistic:.3f}")
 
-    # 5. Autoencoder reconstruction.
-    ae_scores = scores / "autoencoder"
-    if not (ae_scores / "autoencoder_metrics.json").is_file():
+    # 6. Autoencoder reconstruction quality and memorisation.
+    if not (scores / "autoencoder" / "autoencoder_metrics.json").is_file():
         stages.run("autoencoder reconstruction quality", "eval.autoencoder",
-                   data_flags + ["--checkpoint", str(ae_dir), "--split", "test", "--out", str(ae_scores),
+                   data_flags + ["--checkpoint", str(ae_dir), "--split", "test", "--out", str(scores / "autoencoder"),
                                  "--seed", str(args.seed)]
                    + (["--num-examples", str(args.ae_eval_examples)] if info.builtin else []))
-    else:
-        stages.step("autoencoder reconstruction quality (kept)")
-
-    # 6. Memorisation audit against the training images.
-    memo = scores / "memorization"
-    if not (memo / "report.json").is_file():
-        train_source = make_dataset(args.dataset, data_dir=args.data_dir, split="train",
-                                    image_size=args.image_size, channels=3,
-                                    num_examples=args.train_examples if info.builtin else None)
-        train_folder = export_images(train_source, out / "data" / "train")
+    if not (scores / "memorization" / "report.json").is_file():
+        train_images, train_labels, _ = dataset_images(args, "train", args.train_examples)
+        train_folder = export_images(train_images, train_labels, class_names, out / "data" / "train")
         stages.run("memorisation audit", "eval.memorization",
-                   ["--train", str(train_folder), "--generated", str(final_samples), "--out", str(memo),
-                    "--train-features", str(scores / "train_features.npz")])
-    else:
-        stages.step("memorisation audit (kept)")
+                   ["--train", str(train_folder), "--generated", str(final_samples), "--out",
+                    str(scores / "memorization"), "--train-features", str(scores / "train_features.npz")])
 
     # 7. Report.
-    stages.step("report")
-    timings = {**(read_json(out / "timings.json") if (out / "timings.json").is_file() else {}), **stages.timings}
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
-    md, page = write_report(out, build_report(args, out, fid_points, timings), f"Medfusion demo: {args.dataset}")
-    print(f"\nreport: {md}  and  {page}  (total {stages._elapsed()})")
+    with stages.timed("report"):
+        from eval.demo_report import write_demo_report
+
+        export_images(test_images[:64], test_labels[:64], class_names, out / "data" / "test_examples")
+        md, page = write_demo_report(args, out, steps, stages.timings)
+    print(f"\nreport: {md}  and  {page}  (total {stages.elapsed()})")
     return 0
 
 
-def build_report(args, out: Path, fid_points, timings) -> list[dict]:
-    info = get_info(args.dataset)
-    scores = out / "scores"
-    final = read_json(scores / f"fid_step_{fid_points[-1][0]:06d}.json")["results"]
-    ae = read_json(scores / "autoencoder" / "autoencoder_metrics.json")["metrics"]
-    memo = read_json(scores / "memorization" / "report.json")
-    blocks = [
-        text(f"Data: {args.dataset} ({info.description}), {args.image_size}x{args.image_size}, "
-             f"{args.train_examples} training images. Autoencoder {args.ae_steps} steps"
-             f"{'' if args.ae_perceptual else ' (no perceptual term)'}, diffusion {args.diffusion_steps} steps, "
-             f"DDIM {args.sample_steps} steps, eta 1, no guidance, {args.num_per_class} samples per class. "
-             f"FID against {args.real_examples} held-out test images."),
-        heading("Scores"),
-        table(["metric", "value", "note"], [
-            ["FID (all classes)", final[0]["fid"], f"{final[0]['n_fake']} generated vs {final[0]['n_real']} real"],
-            ["precision", final[0].get("precision", float("nan")), "improved PR, k = 3"],
-            ["recall", final[0].get("recall", float("nan")), ""],
-            *[[f"FID ({row['subset']})", row["fid"], f"{row['n_fake']} vs {row['n_real']}"] for row in final[1:]],
-            *[[f"autoencoder {label}", ae[key]["mean"], f"± {ae[key]['std']:.3g}"] if ae.get(key) else
-              [f"autoencoder {label}", "n/a", "; ".join(ae["notes"]) or "not computed"]
-              for label, key in (("MS-SSIM", "ms_ssim"), ("MSE (x1e-5)", "mse_x1e5"), ("LPIPS", "lpips"))],
-            ["near copies of training images", memo["fraction_near_copies"],
-             f"SSIM ≥ {memo['ssim_threshold']}, {memo['n_generated']} generated vs {memo['n_train']} training"],
-        ]),
-        heading("FID over diffusion training"),
-        text("The floor is the FID of the autoencoder's reconstructions of real validation images: a diffusion "
-             "model that matched the latent distribution perfectly would reach it, so the gap between the "
-             "last point and the floor is what the diffusion model leaves, the floor itself what the "
-             "autoencoder loses (with few training steps and no perceptual term: fine texture and noise)."
-             + (" Precision and recall count a generated image as realistic only inside the 3-nearest-neighbour "
-                "balls of the real images in Inception space (and a real one as covered only inside those of "
-                "the generated images); the floor's precision of 0 shows that the autoencoder's smoothing alone "
-                "puts every reconstruction outside them, so they measure the autoencoder here, not the "
-                "diffusion model." if _fid_row(scores / "fid_autoencoder_floor.json")[1] == 0 else "")),
-        table(["step", "FID", "precision", "recall"],
-              [[step, *_fid_row(scores / f"fid_step_{step:06d}.json")] for step, _ in fid_points]
-              + [["floor: autoencoder reconstructions", *_fid_row(scores / "fid_autoencoder_floor.json")]]),
-        images([("report/fid_curve.png", "FID against held-out test images")]),
-    ]
-    accuracy_json = scores / "conditioning.json"
-    if accuracy_json.is_file():
-        acc = read_json(accuracy_json)
-        real_by_class = {r["class_name"]: r for r in acc["real"]["classes"]}
-        blocks += [
-            heading("Conditioning accuracy"),
-            text(f"The {info.feature} is measured on every generated image; a sample counts as correct when the "
-                 f"measurement indicates the class it was generated for. The same measurement on real test "
-                 f"images shows its ceiling. Chance: {acc['generated']['chance']:.2f}."),
-            table(["class", "generated: accuracy", f"generated: {info.feature}", "real: accuracy",
-                   f"real: {info.feature}", "unmeasurable (generated)"],
-                  [[r["class_name"], r["accuracy"], f"{r['measurement_mean']:.3f} ± {r['measurement_std']:.3f}",
-                    real_by_class[r["class_name"]]["accuracy"],
-                    f"{real_by_class[r['class_name']]['measurement_mean']:.3f}", r["num_unmeasurable"]]
-                   for r in acc["generated"]["classes"]]
-                  + [["balanced", acc["generated"]["balanced_accuracy"], "", acc["real"]["balanced_accuracy"], "", ""]]),
-        ]
-    final_samples = out / "samples" / f"step_{fid_points[-1][0]:06d}"
-    test_folder = export_images(make_dataset(args.dataset, data_dir=args.data_dir, split="test",
-                                             image_size=args.image_size, channels=3,
-                                             num_examples=64 if info.builtin else None),
-                                out / "data" / "test_examples", limit=64)
-    generated = class_grids(final_samples, info.class_names or _folders(final_samples), "generated", out)
-    real = class_grids(test_folder, info.class_names or _folders(test_folder), "real", out)
-    blocks.append(heading("Samples per class, next to real images"))
-    for g, r in zip(generated, real):
-        blocks.append(images([g, r]))
-    blocks += [
-        heading("Training"),
-        images([("autoencoder/loss_curve.png", "autoencoder loss"), ("diffusion/loss_curve.png", "diffusion loss")]),
-        heading("Autoencoder reconstructions"),
-        text("Top: test images; bottom: reconstructions (posterior sample, as the reference evaluates)."),
-        images([("scores/autoencoder/reconstructions.png", "originals above reconstructions")]),
-        heading("Memorisation audit"),
-        text(f"{memo['n_near_copies']} of {memo['n_generated']} generated images have a training image with "
-             f"SSIM ≥ {memo['ssim_threshold']}. The closest pairs (generated left, training right):"),
-        images([("scores/memorization/closest_pairs.png", "closest generated/training pairs")]),
-        heading("Time per stage"),
-        table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()]),
-    ]
-    return blocks
+def autoencoder_flags(args) -> list[str]:
+    """The demo's autoencoder flags on top of the data set's preset."""
+    flags: list[str] = []
+    if args.paper_autoencoder:
+        from medfusion_jax.training.presets import preset
 
-
-def _fid_row(path: Path) -> list:
-    row = read_json(path)["results"][0]
-    return [row["fid"], row.get("precision", float("nan")), row.get("recall", float("nan"))]
-
-
-def _folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+        paper = preset("autoencoder", PAPER_COUNTERPART.get(args.dataset, args.dataset))
+        flags += ["--hid-chs", ",".join(map(str, paper["hid_chs"])), "--emb-channels", str(paper["emb_channels"]),
+                  "--lr", "1e-4", "--perceptual-weight", "1"]
+    if args.ae_perceptual:
+        flags += ["--perceptual-weight", "1"]
+    if args.ae_emb_channels:
+        flags += ["--emb-channels", str(args.ae_emb_channels)]
+    if args.ae_lr:
+        flags += ["--lr", str(args.ae_lr)]
+    if args.ae_hid_chs:
+        flags += ["--hid-chs", args.ae_hid_chs]
+    return flags
 
 
 if __name__ == "__main__":

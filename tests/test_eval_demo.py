@@ -1,61 +1,110 @@
-"""Smoke test of the whole chain (`make demo` at a tiny size): every artefact exists, every number is finite."""
+"""The whole chain (`make demo` at a tiny size): every artefact and number is there and finite, the
+references come from disjoint real splits of the stated sizes, and real-vs-real precision/recall is
+well above 0 (it is 0 when the feature path or the metric is broken)."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from eval import demo
+from medfusion_jax.evaluation.image_scores import ImageScores
+from medfusion_jax.evaluation.measurements import ClassMeasurement
+from medfusion_jax.metrics.feature_sets import load_feature_set
+
+# --tiny with enough real images for precision/recall with k = 3 to mean something (still ~seconds of Inception).
+ARGS = ["--tiny", "--num-per-class", "10", "--real-examples", "30"]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    assert demo.main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def _rows(path):
+    return [ImageScores.from_dict(r) for r in json.loads(path.read_text())["rows"]]
 
 
 @pytest.mark.slow
-def test_tiny_demo_writes_every_artefact(tmp_path):
-    out = tmp_path / "demo"
-    assert demo.main(["--tiny", "--out", str(out)]) == 0
-
+def test_tiny_demo_writes_every_artefact_and_number(tiny_demo):
+    out = tiny_demo
     for path in ["autoencoder/config.json", "autoencoder/loss_curve.png", "diffusion/config.json",
-                 "diffusion/loss_curve.png", "scores/real_test_features.npz", "scores/fid_autoencoder_floor.json", "scores/conditioning.json",
-                 "scores/autoencoder/autoencoder_metrics.json", "scores/autoencoder/reconstructions.png",
+                 "scores/references.json", "scores/reference_real.json", "scores/reference_reconstructions.json",
+                 "scores/measurements.json", "scores/autoencoder/autoencoder_metrics.json",
                  "scores/memorization/report.json", "scores/memorization/closest_pairs.png",
-                 "report/fid_curve.png", "report.md", "report.html", "timings.json"]:
+                 "report/scores_over_training.png", "report/measurement_histograms.png",
+                 "report/autoencoder_loss.png", "report/diffusion_loss.png", "report.md", "report.html",
+                 "timings.json"]:
         assert (out / path).is_file(), path
     steps = sorted(p.name for p in (out / "samples").iterdir())
-    assert len(steps) == 2  # --tiny: two FID points
+    assert len(steps) == 2  # --tiny: two checkpoints
     for step in steps:
         classes = sorted(p.name for p in (out / "samples" / step).iterdir() if p.is_dir())
         assert classes == ["cardiomegaly", "no cardiomegaly"]
-        assert all(len(list((out / "samples" / step / c).glob("*.png"))) == 4 for c in classes)
+        assert all(len(list((out / "samples" / step / c).glob("*.png"))) == 10 for c in classes)
+        rows = _rows(out / "scores" / f"{step}.json")
+        assert [r.subset for r in rows] == ["all", "cardiomegaly", "no cardiomegaly"]
+        for row in rows:
+            # Every number of every row: FID, KID mean and std, precision, recall.
+            assert row.finite() and None not in (row.kid_mean, row.kid_std, row.precision, row.recall), row
+            assert row.fid >= 0 and 0 <= row.precision <= 1 and 0 <= row.recall <= 1 and row.kid_std >= 0
+        assert rows[0].n_fake == 20 and rows[0].n_real == 30 and rows[0].kid_subset_size == 10
 
-    def numbers(obj):
-        if isinstance(obj, dict):
-            for v in obj.values():
-                yield from numbers(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                yield from numbers(v)
-        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-            yield obj
+    measured = json.loads((out / "scores" / "measurements.json").read_text())
+    for name in ("generated", "real_reference", "real"):
+        by_class = [ClassMeasurement.from_dict(r) for r in measured[name]]
+        assert [m.class_name for m in by_class] == ["no cardiomegaly", "cardiomegaly"]
+        for m in by_class:
+            assert 0 <= m.accuracy <= 1
+            # A 32-px image from a 4-step diffusion model may not be measurable; real ones always are.
+            if name != "generated" or m.num_unmeasurable < m.num_images:
+                assert math.isfinite(m.distance.wasserstein1) and 0 <= m.distance.ks_statistic <= 1
+    real = [ClassMeasurement.from_dict(r) for r in measured["real"]]
+    assert all(m.distance.wasserstein1 == 0.0 for m in real)  # the test set against itself
 
-    fids = [json.loads((out / "scores" / f"fid_{s}.json").read_text())["results"]
-            for s in [*steps, "autoencoder_floor"]]
-    assert all(math.isfinite(row["fid"]) and row["fid"] >= 0 for rows in fids for row in rows)
-    assert {"precision", "recall"} <= set(fids[-2][0])
-    for name in ["autoencoder/autoencoder_metrics.json", "memorization/report.json"]:
-        values = list(numbers(json.loads((out / "scores" / name).read_text())))
-        assert values and all(math.isfinite(v) for v in values), name
-    accuracy = json.loads((out / "scores" / "conditioning.json").read_text())
-    assert 0.0 <= accuracy["generated"]["balanced_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
-    for section in ["## Scores", "## FID over diffusion training", "## Conditioning accuracy",
-                    "## Samples per class", "## Autoencoder reconstructions", "## Memorisation audit"]:
-        assert section in report
-    scores_table = report.split("## FID over")[0]
-    for row in ["FID (all classes)", "precision", "recall", "autoencoder MSE", "autoencoder LPIPS"]:
-        line = next(l for l in scores_table.splitlines() if l.startswith(f"| {row}"))
-        assert math.isfinite(float(line.split("|")[2])), line
-    assert "autoencoder MS-SSIM | n/a" in scores_table  # 32x32 images: too small for 5-scale MS-SSIM
+    for section in ["## Results", "## 1. Autoencoder", "## 2. Diffusion model over training",
+                    "## 3. Samples per class", "## 4. Conditioning and the within-class distribution",
+                    "## 5. Scores per class", "## 6. Memorisation audit", "## 7. Settings that differ from the paper",
+                    "## 8. Time per stage"]:
+        assert section in report, section
+    for row in ["reference: real vs real", "reference: autoencoder reconstructions", "| image size | 256 | 32 |"]:
+        assert row in report, row
 
-    # Run again: everything is kept, nothing is retrained or resampled.
+
+@pytest.mark.slow
+def test_references_are_disjoint_real_splits_of_the_stated_sizes(tiny_demo):
+    out = tiny_demo
+    refs = json.loads((out / "scores" / "references.json").read_text())
+    assert refs["real"]["split"] == "test" and refs["real_reference"]["split"] == "validation"
+    assert not refs["real_reference"]["overlaps_training"]
+    assert refs["generated_per_checkpoint"] == refs["real_reference"]["n"] == refs["reconstructions"]["n"] == 20
+    features = {name: load_feature_set(out / "scores" / "features" / f"{name}.npz")
+                for name in ("real_test", "real_reference", "reconstructions")}
+    assert features["real_test"].num == refs["real"]["n"] == 30
+    assert features["real_reference"].num == features["reconstructions"].num == 20
+    # Disjoint: no image of the reference split has the features of a test image.
+    dist = np.linalg.norm(features["real_reference"].features[:, None] - features["real_test"].features[None], axis=-1)
+    assert dist.min() > 1e-3
+    assert refs["reconstructions"]["of"] == "real_reference"
+    # Per class, as many reconstructions as reference images (the --tiny autoencoder's 3 steps make them
+    # far from their originals, so closeness is not what this checks).
+    assert sorted(features["reconstructions"].labels) == sorted(features["real_reference"].labels)
+    real_vs_real = _rows(out / "scores" / "reference_real.json")[0]
+    # Two samples of one distribution: precision and recall well above 0 (a broken feature path or metric
+    # gives 0 here), KID near 0 next to its spread.
+    assert real_vs_real.precision > 0.5 and real_vs_real.recall > 0.5, real_vs_real
+    assert abs(real_vs_real.kid_mean) < 0.05
+
+
+@pytest.mark.slow
+def test_rerun_keeps_everything(tiny_demo):
+    out = tiny_demo
     before = {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.png")}
-    assert demo.main(["--tiny", "--out", str(out)]) == 0
+    scores_before = {p: p.read_text() for p in (out / "scores").glob("*.json")}
+    assert demo.main([*ARGS, "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.png")} == before
+    assert {p: p.read_text() for p in (out / "scores").glob("*.json")} == scores_before
