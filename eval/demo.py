@@ -45,6 +45,7 @@ import numpy as np
 from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
 from medfusion_jax.evaluation.image_scores import ImageScores, score_per_class
 from medfusion_jax.evaluation.measurements import ClassMeasurement, compare_classes, measure
+from medfusion_jax.generate import write_json_atomic
 from medfusion_jax.metrics.feature_sets import FeatureSet, folder_feature_set, load_feature_set
 from medfusion_jax.metrics.image_files import list_image_files, load_rgb
 from medfusion_jax.training.logging import save_png
@@ -145,11 +146,9 @@ def read_json(path: Path):
     return json.loads(path.read_text())
 
 
-def write_json(path: Path, value) -> None:
+def write_json(path: Path, value: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    write_json_atomic(path, value)
 
 
 def dataset_images(args, split: str, count: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -8,12 +8,12 @@ of each stage. Every number comes from a JSON file of ``OUT/scores``; every figu
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from eval.demo import read_json
 from medfusion_jax import plots
 from medfusion_jax.data import get_info
 from medfusion_jax.evaluation.image_scores import ImageScores
@@ -21,7 +21,7 @@ from medfusion_jax.evaluation.measurements import ClassMeasurement
 from medfusion_jax.generate import image_grid
 from medfusion_jax.metrics.image_files import list_image_files, load_rgb
 from medfusion_jax.report import heading, images, table, text, write_report
-from medfusion_jax.training.logging import downsample_records, read_metrics, save_png
+from medfusion_jax.training.logging import save_png
 
 #: Within-class Wasserstein-1 target, as a fraction of the real values' standard deviation in the class
 #: (for phantom-cxr's classes, CTR ~ U(0.36, 0.45) and U(0.55, 0.66), 0.6 x std is 0.016 and 0.019: within
@@ -51,10 +51,6 @@ WHY = {
     "DDIM steps": "CPU time; the reference's own sample sets use 50 to 250 steps",
     "samples per class": "CPU time (FID's small-sample bias: see the real-vs-real reference)",
 }
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
 
 
 def _rows(path: Path) -> list[ImageScores]:
@@ -136,15 +132,9 @@ def class_grids(folder: Path, class_names, prefix: str, out: Path, per_class: in
 
 
 def _loss_plot(out: Path, run: str) -> str | None:
-    path = out / run / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = read_metrics(path)
-    series = {k: downsample_records(records, k, 400) for k in ("loss", "disc_loss")}
-    series = {k: v for k, v in series.items() if v[0]}
-    target = out / "report" / f"{run}_loss.png"
-    plots.line_plot(target, series, title=f"{run}: training loss", ylabel="loss")
-    return str(target.relative_to(out))
+    """The run's own loss curve (drawn by the training loop at the end of the run)."""
+    path = out / run / "loss_curve.png"
+    return str(path.relative_to(out)) if path.is_file() else None
 
 
 def write_demo_report(args, out: Path, steps: list[int], timings: dict[str, float]) -> tuple[Path, Path]:

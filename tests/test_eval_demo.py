@@ -36,7 +36,7 @@ def test_tiny_demo_writes_every_artefact_and_number(tiny_demo):
                  "scores/measurements.json", "scores/autoencoder/autoencoder_metrics.json",
                  "scores/memorization/report.json", "scores/memorization/closest_pairs.png",
                  "report/scores_over_training.png", "report/measurement_histograms.png",
-                 "report/autoencoder_loss.png", "report/diffusion_loss.png", "report.md", "report.html",
+                 "diffusion/loss_curve.png", "report.md", "report.html",
                  "timings.json"]:
         assert (out / path).is_file(), path
     steps = sorted(p.name for p in (out / "samples").iterdir())
