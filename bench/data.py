@@ -28,6 +28,9 @@ from tqdm import tqdm
 from medfusion_jax.data import make_dataset, make_loader
 from medfusion_jax.data.phantoms import common, fundus
 from medfusion_jax.data.tfds_builders import prepare
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+
+apply_cpu_defaults()  # as the command lines do: before the first computation (medfusion_jax/xla_cpu.py)
 
 TARGETS = {"prepared": 1000.0, "jpeg": 300.0}
 

@@ -24,13 +24,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from medfusion_jax.metrics.features import InceptionFeatureExtractor
-from medfusion_jax.metrics.inception_weights import load_inception, load_inception_weights
+from medfusion_jax.evaluation.features import InceptionFeatureExtractor
+from medfusion_jax.pretrained.inception_weights import load_inception, load_inception_weights
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+
+apply_cpu_defaults()  # as the command lines do: before the first computation (medfusion_jax/xla_cpu.py)
 
 BASELINE = r"""
 import json, sys, time
 import numpy as np, torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
 weights_npz, pth, batch, size, repeats, threads = sys.argv[1:7]
 batch, size, repeats, threads = int(batch), int(size), int(repeats), int(threads)
 torch.set_num_threads(threads)

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,9 @@ from medfusion_jax.diffusion.sampler import sample_latents
 from medfusion_jax.diffusion.schedule import make_schedule, q_sample
 from medfusion_jax.losses.autoencoder import vae_loss
 from medfusion_jax.models import VAE, UNet
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+
+apply_cpu_defaults()  # as the command lines do: before the first computation (medfusion_jax/xla_cpu.py)
 
 # PyTorch original, 2 threads on this machine kind (foundation issue): ms per call.
 PYTORCH_MS = {("small-unet", "forward"): 54.0, ("small-unet", "train_step"): 226.0,

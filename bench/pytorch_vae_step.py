@@ -65,7 +65,9 @@ class VAE(nn.Module):
         self.inc_dec = UnetResBlock(emb, hid[-1])
         self.decoders = nn.ModuleList([Up(hid[i + 1], hid[i]) for i in range(len(hid) - 1)])
         self.outc = nn.Conv2d(hid[0], 3, 1); nn.init.zeros_(self.outc.weight); nn.init.zeros_(self.outc.bias)
-        self.outc_ver = nn.Conv2d(hid[1], 3, 1); nn.init.zeros_(self.outc_ver.weight); nn.init.zeros_(self.outc_ver.bias)
+        self.outc_ver = nn.Conv2d(hid[1], 3, 1)
+        nn.init.zeros_(self.outc_ver.weight)
+        nn.init.zeros_(self.outc_ver.bias)
     def forward(self, x):
         h = self.inc(x)
         for e in self.encoders: h = e(h)
@@ -101,7 +103,7 @@ class LPIPSBaseline(nn.Module):
         return out
     def forward(self, a, b):
         total = 0
-        for fa, fb in zip(self.feats(a), self.feats(b)):
+        for fa, fb in zip(self.feats(a), self.feats(b), strict=True):
             na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             total = total + (na - nb).pow(2).sum(1, keepdim=True).mean([2, 3], keepdim=True)
@@ -110,7 +112,8 @@ class LPIPSBaseline(nn.Module):
 def rec_loss(pred, target, lpips):
     pixel = (pred - target).abs()
     p = lpips(pred, target)
-    structural = 1 - ssim(((pred + 1) / 2).clamp(0, 1), (target + 1) / 2, data_range=1, size_average=False, nonnegative_ssim=True)
+    structural = 1 - ssim(((pred + 1) / 2).clamp(0, 1), (target + 1) / 2, data_range=1, size_average=False,
+                          nonnegative_ssim=True)
     per = pixel + p + structural.view(-1, 1, 1, 1)
     return per.sum() / pred.shape[0]
 

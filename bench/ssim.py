@@ -33,6 +33,9 @@ import numpy as np
 
 from medfusion_jax.losses.ssim import _ssim_reference, ssim
 from medfusion_jax.metrics import msssim
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+
+apply_cpu_defaults()  # as the command lines do: before the first computation (medfusion_jax/xla_cpu.py)
 
 
 # -- the previous MS-SSIM filtering (depthwise 2-D convolution) ------------------------------------
@@ -78,7 +81,7 @@ def _loss_value_and_grad(fn):
 
 
 def _rel_diff(new, old) -> float:
-    leaves = zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old))
+    leaves = zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old), strict=True)
     return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(float(np.max(np.abs(np.asarray(b)))), 1e-30))
                for a, b in leaves)
 

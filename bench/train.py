@@ -20,8 +20,8 @@ Configurations (``CONFIGS``):
   UNet forward/backward, AdamW).
 * ``*-unet-encode``: the diffusion step that encodes the images with the frozen VAE encoder first.
 
-Prints one JSON object per configuration: ms per step (steps dispatched back to back), images/s, memory of the step (XLA's
-memory analysis of the compiled program: arguments + outputs - donated aliases + temporaries), the
+Prints one JSON object per configuration: ms per step (steps dispatched back to back), images/s, memory
+of the step (XLA's memory analysis of the compiled program: arguments + outputs - donated aliases + temporaries), the
 device's peak memory when it reports one, model FLOPs (XLA cost analysis of the lowered program) and
 the fraction of the device's peak FLOP/s. On a CPU the small configurations are compared with the
 PyTorch original's step times recorded in ``bench/models.py`` where they exist (same configuration,
@@ -48,10 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import PEAK_FLOPS, PYTORCH_MS, step_flops  # noqa: E402  (bench/models.py)
 
 from medfusion_jax import xla_cpu  # noqa: E402
-from medfusion_jax.losses.perceptual import VGG16_LAYOUT  # noqa: E402
-from medfusion_jax.models import VAE  # noqa: E402
-from medfusion_jax.training import autoencoder_task, diffusion_task  # noqa: E402
-from medfusion_jax.training.config import (  # noqa: E402
+
+xla_cpu.apply_cpu_defaults()  # as the command lines do: before the first computation
+from medfusion_jax.config import (  # noqa: E402
     AutoencoderConfig,
     DataConfig,
     DiffusionConfig,
@@ -60,8 +59,11 @@ from medfusion_jax.training.config import (  # noqa: E402
     UNetConfig,
     VAEConfig,
 )
+from medfusion_jax.losses.perceptual import VGG16_LAYOUT  # noqa: E402
 from medfusion_jax.mesh import global_batch, make_mesh, replicated, state_shardings  # noqa: E402
-from medfusion_jax.training.modules import build, split_params  # noqa: E402
+from medfusion_jax.models import VAE  # noqa: E402
+from medfusion_jax.run_folder import build, split_params  # noqa: E402
+from medfusion_jax.training import autoencoder_task, diffusion_task  # noqa: E402
 from medfusion_jax.training.state import compiled_step  # noqa: E402
 
 SMALL_VAE = dict(emb_channels=4, hid_chs=(32, 64, 128, 128))
@@ -77,7 +79,7 @@ CONFIGS = {
     "paper-unet": dict(stage="unet", batch=32, image=256, vae=dict(emb_channels=8), unet={}),
     "paper-unet-encode": dict(stage="unet-encode", batch=32, image=256, vae=dict(emb_channels=8), unet={}),
 }
-GROUPS = {"small": [k for k in CONFIGS if k.startswith("small")], "paper": [k for k in CONFIGS if k.startswith("paper")]}
+GROUPS = {group: [k for k in CONFIGS if k.startswith(group)] for group in ("small", "paper")}
 
 
 def random_vgg_weights() -> dict:
@@ -86,7 +88,7 @@ def random_vgg_weights() -> dict:
     widths = [v for v in VGG16_LAYOUT if v != "M"]
     return {f"Conv_{i}": {"kernel": (0.01 * rng.standard_normal((3, 3, c_in, c_out))).astype(np.float32),
                           "bias": np.zeros((c_out,), np.float32)}
-            for i, (c_in, c_out) in enumerate(zip([3] + widths[:-1], widths))}
+            for i, (c_in, c_out) in enumerate(zip([3] + widths[:-1], widths, strict=True))}
 
 
 def setup(cfg: dict, dtype: str, random_vgg: bool = False):
@@ -186,7 +188,8 @@ def bench(name: str, dtype: str, repeats: int, random_vgg: bool = False) -> dict
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="small", help=f"small, paper, or comma-separated names ({', '.join(CONFIGS)})")
+    parser.add_argument("--configs", default="small",
+                        help=f"small, paper, or comma-separated names ({', '.join(CONFIGS)})")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--random-vgg", action="store_true",

@@ -28,13 +28,13 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from medfusion_jax.data import DataError, get_info
-from medfusion_jax.metrics.dataset_images import DatasetImages
-from medfusion_jax.metrics.lpips import LPIPSWeightsError
-from medfusion_jax.metrics.reconstruction import (
-    CheckpointError,
+from medfusion_jax import command
+from medfusion_jax.command import CommandError
+from medfusion_jax.convert.autoencoder import load_autoencoder
+from medfusion_jax.data import get_info
+from medfusion_jax.evaluation.dataset_images import DatasetImages
+from medfusion_jax.evaluation.reconstruction import (
     evaluate_reconstruction,
-    load_autoencoder,
     vae_reconstructor,
 )
 
@@ -75,40 +75,33 @@ def format_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        vae, ckpt = load_autoencoder(args.checkpoint)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return command.run(lambda: _main(parse_args(argv)), prog="eval.autoencoder")
+
+
+def _main(args) -> int:
+    vae, ckpt = load_autoencoder(args.checkpoint)
 
     run_dataset = ckpt.get("dataset")
     dataset = args.dataset or run_dataset
     if dataset is None:
-        print(f"error: --dataset is needed for {args.checkpoint} (an original checkpoint names no data set)",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"--dataset is needed for {args.checkpoint} (an original checkpoint names no data set)")
     same_data = dataset == run_dataset
     data_dir = args.data_dir if args.data_dir is not None else (ckpt.get("data_dir") if same_data else None)
     image_size = args.image_size or (ckpt.get("image_size") if same_data else None)
-    try:
-        info = get_info(dataset)
-        split = SPLIT_ALIASES.get(args.split, args.split) if args.split else (
-            "validation" if "validation" in info.splits else "train")
-        images = DatasetImages(dataset, data_dir=data_dir, split=split, image_size=image_size,
-                               channels=vae.in_channels, num_examples=args.num_examples,
-                               limit=args.num_examples)
-        size = images.source.image_size
-        if size % vae.downsampling:
-            raise ValueError(f"--image-size {size} is not divisible by the autoencoder's downsampling "
-                             f"{vae.downsampling}")
-        out = args.out or Path("runs") / f"eval-autoencoder-{dataset}"
-        with tqdm(total=len(images), desc="reconstructing", unit="img", disable=args.no_progress) as bar:
-            result = evaluate_reconstruction(iter(images), vae_reconstructor(vae), batch_size=args.batch_size,
-                                             seed=args.seed, with_lpips=not args.no_lpips, on_batch=bar.update)
-    except (DataError, LPIPSWeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    info = get_info(dataset)
+    split = SPLIT_ALIASES.get(args.split, args.split) if args.split else (
+        "validation" if "validation" in info.splits else "train")
+    images = DatasetImages(dataset, data_dir=data_dir, split=split, image_size=image_size,
+                           channels=vae.in_channels, num_examples=args.num_examples,
+                           limit=args.num_examples)
+    size = images.source.image_size
+    if size % vae.downsampling:
+        raise ValueError(f"--image-size {size} is not divisible by the autoencoder's downsampling "
+                         f"{vae.downsampling}")
+    out = args.out or Path("runs") / f"eval-autoencoder-{dataset}"
+    with tqdm(total=len(images), desc="reconstructing", unit="img", disable=args.no_progress) as bar:
+        result = evaluate_reconstruction(iter(images), vae_reconstructor(vae), batch_size=args.batch_size,
+                                         seed=args.seed, with_lpips=not args.no_lpips, on_batch=bar.update)
 
     summary = result.summary()
     if images.skipped:

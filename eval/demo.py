@@ -42,13 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medfusion_jax import command
+from medfusion_jax.command import CommandError
 from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
+from medfusion_jax.evaluation.feature_sets import FeatureSet, folder_feature_set, load_feature_set
 from medfusion_jax.evaluation.image_scores import ImageScores, score_per_class
 from medfusion_jax.evaluation.measurements import ClassMeasurement, compare_classes, measure
-from medfusion_jax.generate import write_json_atomic
-from medfusion_jax.metrics.feature_sets import FeatureSet, folder_feature_set, load_feature_set
-from medfusion_jax.metrics.image_files import list_image_files, load_rgb
-from medfusion_jax.training.logging import save_png
+from medfusion_jax.images import list_image_files, load_rgb, save_png, write_json_atomic
 
 # (defaults, --tiny) of every size knob.
 SIZES = {
@@ -120,12 +120,13 @@ class Stages:
 
     def run(self, name: str, module: str, argv: list[str]) -> None:
         """One of the project's command lines, in this process."""
-        command = "python -m " + module + " " + " ".join(shlex.quote(a) for a in argv)
-        with self.timed(name, command):
+        cmdline = "python -m " + module + " " + " ".join(shlex.quote(a) for a in argv)
+        with self.timed(name, cmdline):
             code = importlib.import_module(module).main(argv)
         if code:
-            raise SystemExit(f"demo stopped: stage '{name}' failed with exit status {code}. Fix the cause and "
-                             f"run the demo again (finished stages are kept); the command was:\n$ {command}")
+            raise CommandError(f"demo stopped: stage '{name}' failed with exit status {code}. Fix the cause and "
+                               f"run the demo again (finished stages are kept); the command was:\n$ {cmdline}",
+                               exit_code=code)
 
     @contextlib.contextmanager
     def timed(self, name: str, command: str | None = None):
@@ -167,7 +168,7 @@ def export_images(images: np.ndarray, labels: np.ndarray, class_names, folder: P
     done = folder / ".complete"
     if done.is_file() and done.read_text() == str(len(images)):
         return folder
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         save_png(folder / class_names[int(label)] / f"{i:06d}.png", image)
     done.write_text(str(len(images)))
     return folder
@@ -178,8 +179,9 @@ def reconstruct(ae_dir: Path, images: np.ndarray, seed: int, batch: int = 50) ->
     images); image i's posterior noise comes from ``fold_in(key(seed), i)``."""
     import jax
 
-    from medfusion_jax.generate import to_uint8
-    from medfusion_jax.metrics.reconstruction import load_autoencoder, vae_reconstructor
+    from medfusion_jax.convert.autoencoder import load_autoencoder
+    from medfusion_jax.evaluation.reconstruction import vae_reconstructor
+    from medfusion_jax.images import to_uint8
 
     vae, _ = load_autoencoder(ae_dir)
     run = vae_reconstructor(vae)
@@ -201,7 +203,7 @@ class Features:
 
     def extractor(self):
         if self._extractor is None:
-            from medfusion_jax.metrics.features import InceptionFeatureExtractor
+            from medfusion_jax.evaluation.features import InceptionFeatureExtractor
 
             self._extractor = InceptionFeatureExtractor(batch_size=50)
         return self._extractor
@@ -252,7 +254,10 @@ def folder_images(folder: Path, class_names) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return command.run(lambda: _main(parse_args(argv)), prog="eval.demo")
+
+
+def _main(args) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     info = get_info(args.dataset)

@@ -18,10 +18,8 @@ from medfusion_jax import plots
 from medfusion_jax.data import get_info
 from medfusion_jax.evaluation.image_scores import ImageScores
 from medfusion_jax.evaluation.measurements import ClassMeasurement
-from medfusion_jax.generate import image_grid
-from medfusion_jax.metrics.image_files import list_image_files, load_rgb
+from medfusion_jax.images import image_grid, list_image_files, load_rgb, save_png
 from medfusion_jax.report import heading, images, table, text, write_report
-from medfusion_jax.training.logging import save_png
 
 #: Within-class Wasserstein-1 target, as a fraction of the real values' standard deviation in the class
 #: (for phantom-cxr's classes, CTR ~ U(0.36, 0.45) and U(0.55, 0.66), 0.6 x std is 0.016 and 0.019: within
@@ -199,7 +197,8 @@ def write_demo_report(args, out: Path, steps: list[int], timings: dict[str, floa
         blocks.append(images([(loss, "autoencoder training loss")]))
 
     # 2. Diffusion over training.
-    falls = all(a.fid > b.fid for a, b in zip([per_step[s][0] for s in steps], [per_step[s][0] for s in steps[1:]]))
+    fids = [per_step[s][0].fid for s in steps]
+    falls = all(a > b for a, b in zip(fids, fids[1:], strict=False))
     blocks += [heading("2. Diffusion model over training"), text(
         f"FID, KID, precision and recall of {refs['generated_per_checkpoint']} samples at each checkpoint against "
         "the real test images, with the two references as horizontal lines. FID "
@@ -234,7 +233,7 @@ def write_demo_report(args, out: Path, steps: list[int], timings: dict[str, floa
     generated = class_grids(final_samples, names, "generated", out)
     real = class_grids(out / "data" / "test_examples", names, "real", out)
     blocks.append(heading("3. Samples per class, next to real test images"))
-    for g, r in zip(generated, real):
+    for g, r in zip(generated, real, strict=True):
         blocks.append(images([g, r]))
 
     # 4. Conditioning and within-class distributions.

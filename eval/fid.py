@@ -23,12 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-from medfusion_jax.data import DataError
+from medfusion_jax import command
+from medfusion_jax.command import CommandError
+from medfusion_jax.evaluation.feature_sets import resolve_feature_set
+from medfusion_jax.evaluation.features import InceptionFeatureExtractor
 from medfusion_jax.evaluation.image_scores import score_feature_sets
-from medfusion_jax.metrics.feature_sets import resolve_feature_set
-from medfusion_jax.metrics.features import InceptionFeatureExtractor
-from medfusion_jax.metrics.image_files import ImageFilesError
-from medfusion_jax.metrics.inception_weights import InceptionWeightsError
 from medfusion_jax.metrics.precision_recall import VARIANTS
 
 
@@ -44,12 +43,16 @@ def format_table(rows: list[dict]) -> str:
 
     cells = [[cell(row, c) for c in cols] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    return command.run(lambda: _main(argv), prog="eval.fid")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", required=True, help="image folder or saved .npz of the real images")
     parser.add_argument("--fake", required=True, help="image folder or saved .npz of the generated images")
@@ -84,22 +87,16 @@ def main(argv: list[str] | None = None) -> int:
 
     side = dict(data_dir=args.data_dir, split=args.split, image_size=args.image_size,
                 num_examples=args.num_examples, progress=not args.no_progress)
-    try:
-        real = resolve_feature_set(args.real, get_extractor, **side)
-        if args.save_stats:
-            real.save(args.save_stats)
-            print(f"saved the real features to {args.save_stats}", file=sys.stderr)
-        fake = resolve_feature_set(args.fake, get_extractor, **side)
-    except (ImageFilesError, InceptionWeightsError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    real = resolve_feature_set(args.real, get_extractor, **side)
+    if args.save_stats:
+        real.save(args.save_stats)
+        print(f"saved the real features to {args.save_stats}", file=sys.stderr)
+    fake = resolve_feature_set(args.fake, get_extractor, **side)
 
     if args.per_class and (real.labels is None or fake.labels is None):
-        print("error: --per-class needs per-sample features on both sides", file=sys.stderr)
-        return 2
+        raise CommandError("--per-class needs per-sample features on both sides")
     if args.kid_subsets < 1:
-        print("error: --kid-subsets must be positive", file=sys.stderr)
-        return 2
+        raise CommandError("--kid-subsets must be positive")
     opts = dict(k=args.k, variant=args.pr_variant, with_pr=not args.no_pr, with_kid=not args.no_kid,
                 kid_subsets=args.kid_subsets, seed=args.seed)
     rows = [score_feature_sets(real, fake, "all", **opts).to_dict()]

@@ -19,14 +19,22 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medfusion_jax.metrics.feature_sets import load_feature_set
-from medfusion_jax.metrics.features import InceptionFeatureExtractor
-from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files, load_rgb
-from medfusion_jax.metrics.inception_weights import InceptionWeightsError
+from medfusion_jax import command
+from medfusion_jax.evaluation.feature_sets import load_feature_set
+from medfusion_jax.evaluation.features import InceptionFeatureExtractor
+from medfusion_jax.images import (
+    iter_images,
+    list_image_files,
+    load_rgb,
+)
 from medfusion_jax.metrics.memorization import audit, pairs_picture
 
 
 def main(argv: list[str] | None = None) -> int:
+    return command.run(lambda: _main(argv), prog="eval.memorization")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="folder of training images (class sub-folders allowed)")
     parser.add_argument("--generated", required=True, help="folder of generated images")
@@ -43,31 +51,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     progress = not args.no_progress
 
-    try:
-        train_files = list_image_files(args.train)
-        gen_files = list_image_files(args.generated)
-        extractor = InceptionFeatureExtractor(weights=args.weights, batch_size=args.batch_size)
-        if args.train_features and args.train_features.is_file():
-            train_features = load_feature_set(args.train_features).features
-            if train_features is None or len(train_features) != len(train_files):
-                raise ValueError(f"{args.train_features} does not hold features of the {len(train_files)} "
-                                 f"images of {args.train}: delete it to recompute")
-        else:
-            train_features = extractor.extract(iter_images(train_files), total=len(train_files),
-                                               progress=progress, desc="training images")["pool"]
-            if args.train_features:
-                np.savez(args.train_features, features=train_features,
-                         labels=np.array([f.label for f in train_files], dtype=str))
-        gen_features = extractor.extract(iter_images(gen_files), total=len(gen_files),
-                                         progress=progress, desc="generated images")["pool"]
+    train_files = list_image_files(args.train)
+    gen_files = list_image_files(args.generated)
+    extractor = InceptionFeatureExtractor(weights=args.weights, batch_size=args.batch_size)
+    if args.train_features and args.train_features.is_file():
+        train_features = load_feature_set(args.train_features).features
+        if train_features is None or len(train_features) != len(train_files):
+            raise ValueError(f"{args.train_features} does not hold features of the {len(train_files)} "
+                             f"images of {args.train}: delete it to recompute")
+    else:
+        train_features = extractor.extract(iter_images(train_files), total=len(train_files),
+                                           progress=progress, desc="training images")["pool"]
+        if args.train_features:
+            np.savez(args.train_features, features=train_features,
+                     labels=np.array([f.label for f in train_files], dtype=str))
+    gen_features = extractor.extract(iter_images(gen_files), total=len(gen_files),
+                                     progress=progress, desc="generated images")["pool"]
 
-        load_train = functools.lru_cache(maxsize=4096)(lambda j: load_rgb(train_files[j].path))
-        load_gen = lambda g: load_rgb(gen_files[g].path)  # noqa: E731
-        report = audit(gen_features, train_features, load_gen, load_train, k=args.k,
-                       progress=lambda it: tqdm(it, desc="SSIM of candidates", disable=not progress))
-    except (ImageFilesError, InceptionWeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    load_train = functools.lru_cache(maxsize=4096)(lambda j: load_rgb(train_files[j].path))
+    load_gen = lambda g: load_rgb(gen_files[g].path)  # noqa: E731
+    report = audit(gen_features, train_features, load_gen, load_train, k=args.k,
+                   progress=lambda it: tqdm(it, desc="SSIM of candidates", disable=not progress))
 
     fraction = report.fraction_above(args.ssim_threshold, args.cosine_threshold)
     flagged = report.near_copies(args.ssim_threshold, args.cosine_threshold)

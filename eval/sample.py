@@ -30,19 +30,17 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from medfusion_jax.diffusion.schedule import make_schedule
-from medfusion_jax.generate import ImageSampler, SampleFolderError, SampleSettings, sample_to_folder
+from medfusion_jax import command
+from medfusion_jax.command import CommandError, first_line
+from medfusion_jax.diffusion.pipeline import ImageSampler, SampleSettings
+from medfusion_jax.diffusion.schedule import make_schedule, schedule_from_config
+from medfusion_jax.evaluation.sample_folder import SampleFolderError, sample_to_folder
 from medfusion_jax.models import VAE, UNet
 
 # Small networks for --random-init: 64x64 images, 8x8x4 latents.
 RANDOM_INIT_IMAGE = 64
 RANDOM_INIT_VAE = dict(in_channels=3, out_channels=3, emb_channels=4, hid_chs=(16, 32, 64, 64))
 RANDOM_INIT_UNET = dict(in_ch=4, out_ch=4, hid_chs=(32, 32, 64, 64), time_emb_dim=64, num_classes=2)
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A one-line error for the user (exit status 2)."""
 
 
 def parse_args(argv):
@@ -79,15 +77,19 @@ def parse_args(argv):
 def _load_checkpoint(path: Path, use_ema: bool):
     """(unet, vae, schedule, image size, class names, clip_x0, manifest entries) of a diffusion run."""
     # Imported here: the training package (Orbax, Grain) is not needed for --random-init.
-    from medfusion_jax.training.checkpointing import load_trained, read_model_json, resolve_checkpoint
-    from medfusion_jax.training.config import DiffusionConfig
+    from medfusion_jax.config import DiffusionConfig
+    from medfusion_jax.run_folder import (
+        load_trained,
+        read_model_json,
+        resolve_checkpoint,
+    )
 
     try:
         run_dir, step = resolve_checkpoint(path)
         modules, config = load_trained(run_dir / "checkpoints" / str(step), use_ema=use_ema)
         spec = read_model_json(run_dir)
     except Exception as err:  # noqa: BLE001 - any failure to read the run is reported in one line
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = first_line(err)
         if str(path) not in message:
             message = f"{path}: {message}"
         raise CommandError(f"--checkpoint: cannot load {message}") from None
@@ -98,8 +100,7 @@ def _load_checkpoint(path: Path, use_ema: bool):
     if size % vae.downsampling:
         raise CommandError(f"--checkpoint {path}: image size {size} is not divisible by the autoencoder's "
                            f"downsampling {vae.downsampling}")
-    schedule = make_schedule(config.schedule.strategy, config.schedule.timesteps, config.schedule.beta_start,
-                             config.schedule.beta_end)
+    schedule = schedule_from_config(config.schedule)
     clip_x0 = bool(spec.get("sampling", {}).get("clip_x0", False))
     info = dict(checkpoint=str(run_dir), step=step, use_ema=bool(use_ema and config.ema))
     return unet, vae, schedule, size, list(spec.get("class_names") or []), clip_x0, info
@@ -166,12 +167,11 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        summary = run(args)
-    except CommandError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return command.run(lambda: _main(parse_args(argv)), prog="eval.sample")
+
+
+def _main(args) -> int:
+    summary = run(args)
     total = sum(summary["counts"].values())
     print(f"wrote {summary['written']} images ({total} in {args.out}) and {args.out / 'grid.png'}")
     return 0

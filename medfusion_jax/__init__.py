@@ -1,6 +1,5 @@
-"""Medfusion in pure JAX / Flax NNX."""
+"""Medfusion in pure JAX / Flax NNX.
 
-from medfusion_jax.xla_cpu import apply_cpu_defaults
-
-# Before any JAX computation starts XLA's CPU backend (see medfusion_jax/xla_cpu.py).
-apply_cpu_defaults()
+Importing the package has no side effects; the command lines apply the XLA:CPU setting of
+:mod:`medfusion_jax.xla_cpu` themselves (:func:`medfusion_jax.command.run`).
+"""

@@ -295,7 +295,8 @@ class BasicResBlock(nnx.Module):
             norm_groups=norm_groups, act=True, zero_conv=zero_conv, dtype=dtype, rngs=rngs,
         )
         self.conv_res = (
-            Conv2d(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs) if in_channels != out_channels else None
+            Conv2d(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs)
+            if in_channels != out_channels else None
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -322,7 +323,8 @@ class UnetResBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.block_seq = nnx.List([
-            BasicResBlock(in_channels, out_channels, kernel_size, stride, norm_groups=norm_groups, dtype=dtype, rngs=rngs),
+            BasicResBlock(in_channels, out_channels, kernel_size, stride, norm_groups=norm_groups, dtype=dtype,
+                          rngs=rngs),
             BasicResBlock(
                 out_channels, out_channels, kernel_size, 1,
                 norm_groups=norm_groups, zero_conv=True, dtype=dtype, rngs=rngs,
@@ -410,4 +412,18 @@ def check_attention(use_attention: str) -> None:
         raise ValueError(
             f"use_attention={use_attention!r} is not supported: every Medfusion configuration uses 'none' "
             "(spec section 3)"
+        )
+
+
+def check_image(x: jax.Array, channels: int, divisor: int, what: str) -> None:
+    """Raise a ValueError that says what was expected when ``x`` is not N x H x W x channels."""
+    if x.ndim != 4:
+        raise ValueError(f"{what}: expected a 4-D NHWC batch, got shape {tuple(x.shape)}")
+    _, h, w, c = x.shape
+    if c != channels:
+        raise ValueError(f"{what}: expected {channels} channels (NHWC, last axis), got shape {tuple(x.shape)}")
+    if h % divisor or w % divisor:
+        raise ValueError(
+            f"{what}: height and width must be divisible by {divisor} (the total downsampling), "
+            f"got {h}x{w}"
         )

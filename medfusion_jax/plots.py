@@ -27,7 +27,8 @@ DPI = 110
 REFERENCE_STYLES = ("--", ":", "-.")
 REFERENCE_COLOURS = ("0.35", "tab:green", "tab:purple", "tab:brown")
 
-Series = Mapping[str, tuple[Sequence[float], Sequence[float]] | tuple[Sequence[float], Sequence[float], Sequence[float]]]
+_Floats = Sequence[float]
+Series = Mapping[str, tuple[_Floats, _Floats] | tuple[_Floats, _Floats, _Floats]]
 
 
 def _finite_series(series: Series) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -99,7 +100,7 @@ def metric_panels(path: str | Path, panels: Sequence[Mapping], *, suptitle: str 
     optionally ``references``, ``title``, ``xlabel``, ``ylabel``, ``log_y``."""
     rows = max(1, math.ceil(len(panels) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         _draw(ax, panel["series"], panel.get("references"), title=panel.get("title", ""),
               xlabel=panel.get("xlabel", "step"), ylabel=panel.get("ylabel", ""), log_y=panel.get("log_y", False))
     for ax in list(axes.flat)[len(panels):]:
@@ -128,7 +129,7 @@ def class_histograms(path: str | Path, per_class: Mapping[str, tuple[Sequence[fl
         edges = np.linspace(lo - pad, hi + pad, bins + 1)
     else:
         edges = np.linspace(0.0, 1.0, bins + 1)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         generated, real = finite[name]
         if ranges and name in ranges:
             ax.axvspan(*ranges[name], color="0.9", label="drawn range (real)")

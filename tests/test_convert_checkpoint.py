@@ -11,8 +11,9 @@ from medfusion_jax.convert.checkpoint import load_reference_weights, module_from
 from medfusion_jax.convert.reference import build_from_reference
 from medfusion_jax.convert.state_dict import StateDictMismatch
 from medfusion_jax.convert.verify import relative_error, to_nchw, to_nhwc
-from medfusion_jax.torch_file import TorchFileError, save_torch_file
+from medfusion_jax.torch_file import TorchFileError
 from tests.conftest import GOLDENS
+from tests.torch_writer import save_torch_file
 
 
 def golden(name):

@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from medfusion_jax.config import AutoencoderConfig, DiffusionConfig
 from medfusion_jax.convert.__main__ import main as convert_main
 from medfusion_jax.convert.medfusion import ConversionError, convert_medfusion
 from medfusion_jax.convert.reference import build_from_reference
 from medfusion_jax.convert.state_dict import to_state_dict
 from medfusion_jax.diffusion.schedule import make_schedule
-from medfusion_jax.torch_file import save_torch_file
-from medfusion_jax.training.checkpointing import load_trained, read_model_json
-from medfusion_jax.training.config import AutoencoderConfig, DiffusionConfig
-from medfusion_jax.training.modules import split_params
+from medfusion_jax.run_folder import load_trained, read_model_json, split_params
+from tests.torch_writer import save_torch_file
 
 IMAGE_SIZE = 16  # VAE downsampling 2 -> 8x8x4 latents
 VAE_HP = dict(in_channels=3, out_channels=3, emb_channels=4, spatial_dims=2, hid_chs=[8, 8], kernel_sizes=[3, 3],
@@ -106,7 +105,7 @@ def converted_run(tmp: Path, name: str = "run", **kwargs) -> Path:
 
 def leaves_equal(a, b) -> bool:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=True))
 
 
 def test_diffusion_run_loads_with_the_reference_weights(tmp_path):

@@ -123,9 +123,9 @@ def test_worker_processes_give_the_same_batches_and_resume():
     with loader(src, seed=2, flips="h", worker_count=2) as it:
         workers = take(it, 4)
         state = it.get_state()
-    for a, b in zip(plain, workers):
+    for a, b in zip(plain[:4], workers, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
     with loader(src, seed=2, flips="h", worker_count=2) as resumed:
         resumed.set_state(state)
-        for a, b in zip(plain[4:], take(resumed, 4)):
+        for a, b in zip(plain[4:], take(resumed, 4), strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])

@@ -76,7 +76,7 @@ def test_airogs_counts_labels_and_problems(tmp_path):
     src = make_dataset("airogs", str(tmp_path), image_size=32)
     assert len(src) == 8
     assert src.class_counts() == {"NRG": 6, "RG": 2}
-    labels = {k: int(l) for k, l in zip(src.keys, src.labels)}
+    labels = {k: int(l) for k, l in zip(src.keys, src.labels, strict=True)}
     assert labels["TRAIN000001"] == 1 and labels["TRAIN000000"] == 0
     item = src[0]
     assert item["image"].shape == (32, 32, 3) and item["image"].dtype == np.uint8
@@ -102,7 +102,7 @@ def test_chexpert_frontal_only_uncertain_is_positive(tmp_path):
     src = make_dataset("chexpert", release, image_size=24)
     # Frontal rows: patients 0..5; patient 3's file is missing; patient 5 has the unknown "2.0".
     assert len(src) == 4
-    by_patient = {k.split("/")[2]: int(l) for k, l in zip(src.keys, src.labels)}
+    by_patient = {k.split("/")[2]: int(l) for k, l in zip(src.keys, src.labels, strict=True)}
     assert by_patient == {"patient00000": 1, "patient00001": 1, "patient00002": 0, "patient00004": 1}
     assert all("lateral" not in k for k in src.keys)
     assert sorted(p.kind for p in src.problems) == ["missing_file", "unknown_label"]
@@ -179,7 +179,8 @@ def test_describe_lists_every_problem_without_stopping(tmp_path):
     assert report["ok"] is False and report["sample"]["checked"] == 8
     out = io.StringIO()
     with redirect_stdout(out):
-        status = data_main(["describe", "--dataset", "airogs", "--data-dir", str(tmp_path), "--image-size", "32", "--all"])
+        status = data_main(["describe", "--dataset", "airogs", "--data-dir", str(tmp_path), "--image-size", "32",
+                            "--all"])
     assert status == 1 and json.loads(out.getvalue())["problem_counts"] == counts
 
 

@@ -18,19 +18,15 @@ from flax import nnx
 from PIL import Image
 
 from eval import autoencoder as cli
+from medfusion_jax.convert.autoencoder import CheckpointError, load_autoencoder
 from medfusion_jax.convert.state_dict import to_state_dict, torch_keys
 from medfusion_jax.data import make_dataset
-from medfusion_jax.metrics.lpips import LPIPS
-from medfusion_jax.metrics.reconstruction import (
-    CheckpointError,
-    evaluate_reconstruction,
-    load_autoencoder,
-    msssim_supported,
-)
+from medfusion_jax.evaluation.reconstruction import evaluate_reconstruction, msssim_supported
 from medfusion_jax.models import Discriminator
-from medfusion_jax.torch_file import save_torch_file
-from medfusion_jax.training.checkpointing import read_model_json
+from medfusion_jax.pretrained.lpips import LPIPS
+from medfusion_jax.run_folder import read_model_json
 from medfusion_jax.training.stages import run_autoencoder
+from tests.torch_writer import save_torch_file
 from train import autoencoder as ae_cli
 
 SIZE, N, BATCH = 176, 4, 4

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from eval import demo
+from medfusion_jax.evaluation.feature_sets import load_feature_set
 from medfusion_jax.evaluation.image_scores import ImageScores
 from medfusion_jax.evaluation.measurements import ClassMeasurement
-from medfusion_jax.metrics.feature_sets import load_feature_set
 
 # --tiny with enough real images for precision/recall with k = 3 to mean something (still ~seconds of Inception).
 ARGS = ["--tiny", "--num-per-class", "10", "--real-examples", "30"]

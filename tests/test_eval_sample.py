@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from eval.sample import main
-from medfusion_jax.generate import image_grid, to_uint8
+from medfusion_jax.images import image_grid, to_uint8
 
 
 def test_to_uint8_truncates_like_the_reference():
@@ -26,8 +26,8 @@ def test_generate_images_same_key_same_images():
     from flax import nnx
 
     from eval.sample import RANDOM_INIT_UNET, RANDOM_INIT_VAE
+    from medfusion_jax.diffusion.pipeline import generate_images
     from medfusion_jax.diffusion.schedule import make_schedule
-    from medfusion_jax.generate import generate_images
     from medfusion_jax.models import VAE, UNet
 
     vae, unet = VAE(**RANDOM_INIT_VAE, rngs=nnx.Rngs(0)), UNet(**RANDOM_INIT_UNET, rngs=nnx.Rngs(1))

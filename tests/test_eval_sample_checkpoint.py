@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import medfusion_jax.generate as generate
+import medfusion_jax.evaluation.sample_folder as sample_folder
 from eval.sample import main
+from medfusion_jax.diffusion.pipeline import ImageSampler, SampleSettings
 from medfusion_jax.diffusion.schedule import make_schedule
-from medfusion_jax.generate import ImageSampler, SampleSettings
 from tests.test_convert_medfusion import IMAGE_SIZE, converted_run, reference_modules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_classes_by_name_or_index(run_dir, baseline, tmp_path, capsys):
 
 def test_interrupted_run_completes_only_the_missing_images(run_dir, baseline, tmp_path, monkeypatch):
     out = tmp_path / "s"
-    real_write = generate.write_images
+    real_write = sample_folder.write_images
     batches = []
 
     def write_then_die(paths, images):
@@ -101,10 +101,9 @@ def test_interrupted_run_completes_only_the_missing_images(run_dir, baseline, tm
         batches.append(list(paths))
         real_write(paths, images)
 
-    monkeypatch.setattr(generate, "write_images", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        sample(run_dir, out)
-    monkeypatch.setattr(generate, "write_images", real_write)
+    monkeypatch.setattr(sample_folder, "write_images", write_then_die)
+    assert sample(run_dir, out) == 130  # Ctrl-C: exit status 130, the written images stay
+    monkeypatch.setattr(sample_folder, "write_images", real_write)
     first = file_ids(out)
     assert len(first) == 2 and not json.loads((out / "samples.json").read_text())["complete"]
     # A temporary file left by a kill in the middle of a write is cleaned up, never taken for an image.
@@ -116,7 +115,7 @@ def test_interrupted_run_completes_only_the_missing_images(run_dir, baseline, tm
         written.extend(paths)
         real_write(paths, images)
 
-    monkeypatch.setattr(generate, "write_images", write_and_record)
+    monkeypatch.setattr(sample_folder, "write_images", write_and_record)
     assert sample(run_dir, out) == 0
     assert len(written) == 2 * PER_CLASS - 2 and not set(written) & set(batches[0])  # each image written once
     after = file_ids(out)
@@ -184,7 +183,7 @@ def test_converted_checkpoint_samples_like_the_in_memory_modules(run_dir, baseli
                            batch_size=2)
     items = [(c, i) for c in range(2) for i in range(PER_CLASS)]
     images = np.concatenate([sampler(items[k:k + 2]) for k in range(0, len(items), 2)])
-    for (c, i), image in zip(items, images):
+    for (c, i), image in zip(items, images, strict=True):
         np.testing.assert_array_equal(image, baseline[f"{FOLDERS[c]}/{i:06d}.png"])
 
 
@@ -203,6 +202,8 @@ def test_batch_size_does_not_change_the_images(run_dir, baseline, tmp_path):
 
 SHARDED = r"""
 import sys
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+apply_cpu_defaults()  # before jax starts its backend, as the in-process baseline (conftest)
 import jax
 from eval.sample import main
 assert jax.device_count() == 4, jax.devices()

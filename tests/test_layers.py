@@ -83,17 +83,17 @@ def test_fused_group_norm_silu_matches_the_composition_and_its_gradients():
         bias, scale, beta = (jnp.asarray(rng.normal(size=c).astype(np.float32)) for _ in range(3))
         weights = jnp.asarray(rng.normal(size=shape).astype(np.float32))
 
-        def fused(*args):
+        def fused(*args, weights=weights):
             return jnp.sum(group_norm_silu(*args, 8, 1e-5, jnp.float32) * weights)
 
-        def plain(*args):
+        def plain(*args, weights=weights):
             return jnp.sum(_conv_bias_group_norm_silu(*args) * weights)
 
         np.testing.assert_allclose(group_norm_silu(y, bias, scale, beta, 8, 1e-5, jnp.float32),
                                    _conv_bias_group_norm_silu(y, bias, scale, beta), atol=2e-5)
         ours = jax.jit(jax.grad(fused, argnums=(0, 1, 2, 3)))(y, bias, scale, beta)
         theirs = jax.grad(plain, argnums=(0, 1, 2, 3))(y, bias, scale, beta)
-        for name, a, b in zip(["y", "bias", "scale", "beta"], ours, theirs):
+        for name, a, b in zip(["y", "bias", "scale", "beta"], ours, theirs, strict=True):
             err = float(jnp.abs(a - b).max() / jnp.abs(b).max())
             assert err < 1e-4, (shape, name, err)
 
@@ -137,5 +137,6 @@ def test_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradients
         return jnp.sum(y * weights)
 
     kernel = up.up_op.kernel[...]
-    for a, b in zip(jax.grad(phase_loss, argnums=(0, 1))(x, kernel), jax.grad(literal_loss, argnums=(0, 1))(x, kernel)):
+    grads = jax.grad(phase_loss, argnums=(0, 1))(x, kernel), jax.grad(literal_loss, argnums=(0, 1))(x, kernel)
+    for a, b in zip(*grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)

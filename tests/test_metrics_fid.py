@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from medfusion_jax.metrics.feature_sets import FeatureSet, load_feature_set
+from medfusion_jax.evaluation.feature_sets import FeatureSet, load_feature_set
 from medfusion_jax.metrics.fid import (
     FeatureStats,
     fid_from_features,
@@ -102,7 +102,7 @@ def test_frechet_distance_of_identical_gaussians_is_zero():
 
 def test_errors():
     with pytest.raises(ValueError, match="at least 2 samples"):
-        FeatureStats.from_features(np.zeros((1, 4))).cov
+        _ = FeatureStats.from_features(np.zeros((1, 4))).cov
     with pytest.raises(ValueError, match="dimensions differ"):
         fid_from_stats(FeatureStats.from_features(np.eye(3)), FeatureStats.from_features(np.eye(4)))
     with pytest.raises(ValueError, match=r"expected features \[N, 4\]"):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from eval import fid as cli
-from medfusion_jax.metrics.feature_sets import load_feature_set
+from medfusion_jax.evaluation.feature_sets import load_feature_set
 from medfusion_jax.metrics.fid import fid_from_features
 
 

@@ -72,7 +72,7 @@ def test_unbiased_near_zero_for_one_distribution_and_positive_for_two():
 
 def test_draws_are_without_replacement_and_in_range():
     real_idx, fake_idx = draw_subsets(30, 20, subsets=4, subset_size=20)
-    for r, f in zip(real_idx, fake_idx):
+    for r, f in zip(real_idx, fake_idx, strict=True):
         assert len(set(r)) == 20 and len(set(f)) == 20
         assert r.max() < 30 and f.max() < 20
 

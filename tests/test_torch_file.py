@@ -19,9 +19,9 @@ from medfusion_jax.torch_file import (
     TorchFileError,
     TorchScriptObject,
     load_torch_file,
-    save_torch_file,
     torchscript_state_dict,
 )
+from tests.torch_writer import save_torch_file
 
 FIXTURES = Path(__file__).parent / "data" / "torch_file"
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from medfusion_jax.training import config as config_lib
+from medfusion_jax import config as config_lib
 from medfusion_jax.training.autoencoder_task import AutoencoderSpec
 from medfusion_jax.training.loop import ConfigMismatchError, prepare_run_dir
 from train import autoencoder as ae_cli
@@ -52,11 +53,12 @@ def test_gan_stage_settings():
 
 
 def test_reference_step_counter_advances_twice_per_batch():
-    spec = AutoencoderSpec(vae_graph=None, vgg_graph=None, disc_graphs=(None, None), pixel_loss="l1",
-                           perceptual_weight=1.0, kl_weight=1e-6, lr=1e-6, gan_start_step=10)
+    config = ae_config("--dataset", "airogs", "--gan-start-step", "10")
+    spec = AutoencoderSpec(vae_graph=None, vgg_graph=None, disc_graphs=(None, None), config=config)
     # Batch b is counter 2b for the autoencoder's call and 2b + 1 for the discriminators'.
     assert [spec.gan_active(b) for b in (4, 5, 6)] == [(False, False), (False, True), (True, True)]
-    fixed = AutoencoderSpec(**{**spec.__dict__, "fix_step_counter": True})
+    fixed = dataclasses.replace(spec, config=dataclasses.replace(
+        config, gan=dataclasses.replace(config.gan, fix_step_counter=True)))
     assert [fixed.gan_active(b) for b in (10, 11)] == [(False, False), (True, True)]
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from medfusion_jax.config import DataConfig, DiffusionConfig, RunConfig
 from medfusion_jax.data import make_dataset, normalize
+from medfusion_jax.mesh import make_mesh
 from medfusion_jax.models import VAE
+from medfusion_jax.run_folder import build, split_params
 from medfusion_jax.training.diffusion_task import DiffusionSpec, clean_latents
 from medfusion_jax.training.latent_cache import LatentLoader, encode_source, load_or_build
-from medfusion_jax.mesh import make_mesh
-from medfusion_jax.training.modules import build, split_params
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,12 @@ def test_cached_moments_give_the_same_latents_as_the_images(vae):
     images = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
     mean, logvar = jax.tree.map(np.asarray, nnx.merge(graph, params).posterior(images))
     key = jax.random.key(5)
+    config = DiffusionConfig(data=DataConfig("phantom-cxr"), run=RunConfig("unused"), autoencoder="unused")
     spec = dict(unet_graph=None, vae_graph=graph, conditional=True)
-    from_images = clean_latents({"image": images}, {"vae": params}, key, spec=DiffusionSpec(**spec, cached_latents=False))
-    from_cache = clean_latents({"mean": mean, "logvar": logvar}, {}, key, spec=DiffusionSpec(**spec, cached_latents=True))
+    from_images = clean_latents({"image": images}, {"vae": params}, key,
+                                spec=DiffusionSpec(**spec, config=dataclasses.replace(config, cache_latents=False)))
+    from_cache = clean_latents({"mean": mean, "logvar": logvar}, {}, key,
+                               spec=DiffusionSpec(**spec, config=dataclasses.replace(config, cache_latents=True)))
     np.testing.assert_allclose(np.asarray(from_cache), np.asarray(from_images), rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(from_cache), mean)  # a posterior sample, not the mean
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medfusion_jax.config import AutoencoderConfig, GANConfig, VAEConfig
 from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
-from medfusion_jax.training.config import AutoencoderConfig, GANConfig, VAEConfig
 from medfusion_jax.training.presets import preset
 from medfusion_jax.training.stages import run_autoencoder
 

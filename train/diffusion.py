@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from medfusion_jax.config import DiffusionConfig, UNetConfig
 from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
-from medfusion_jax.training.config import DiffusionConfig, UNetConfig
 from medfusion_jax.training.presets import preset
 from medfusion_jax.training.stages import autoencoder_config, run_diffusion
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medfusion_jax import command
 from medfusion_jax.convert.verify import verify_folder
 
 
@@ -44,12 +45,9 @@ def _medfusion(args) -> int:
     from medfusion_jax.convert.medfusion import convert_medfusion
 
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    try:
-        out = convert_medfusion(args.autoencoder, args.out, diffusion=args.diffusion, dataset=args.dataset,
-                                class_names=names, image_size=args.image_size, overwrite=args.overwrite)
-    except (OSError, ValueError) as err:  # ConversionError, StateDictMismatch, TorchFileError, missing files
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # ConversionError, StateDictMismatch, TorchFileError and missing files are one-line errors (exit 2).
+    out = convert_medfusion(args.autoencoder, args.out, diffusion=args.diffusion, dataset=args.dataset,
+                            class_names=names, image_size=args.image_size, overwrite=args.overwrite)
     kind = "diffusion" if args.diffusion else "autoencoder"
     print(f"wrote the {kind} run {out}")
     return 0
@@ -73,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "else 256)")
     med.add_argument("--overwrite", action="store_true", help="replace the run files of a non-empty --out")
     args = parser.parse_args(argv)
-    return _verify(args) if args.command == "verify" else _medfusion(args)
+    return command.run(lambda: _verify(args) if args.command == "verify" else _medfusion(args),
+                       prog="medfusion_jax.convert")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Inputs (read without torch, see :mod:`medfusion_jax.convert.checkpoint`):
   ``estimator_objective``, ``clip_x0``, ``use_ema`` ... (absent keys take ``DiffusionPipeline``'s
   defaults; only noise prediction without variance or self-conditioning is supported).
 
-Output: the layout of a training run (:mod:`medfusion_jax.training.checkpointing`), so that
+Output: the layout of a training run (:mod:`medfusion_jax.run_folder`), so that
 ``load_trained(DIR)`` and ``python -m eval.sample --checkpoint DIR`` work:
 
 * with ``--diffusion``, a diffusion run: ``config.json`` (a ``DiffusionConfig``; the schedule from the
@@ -45,20 +45,30 @@ import jax
 import numpy as np
 from flax import nnx
 
+from medfusion_jax import config as config_lib
 from medfusion_jax.convert.checkpoint import select_weights
-from medfusion_jax.convert.reference import _UNET_DEFAULTS, _VAE_DEFAULTS, _norm_groups, _take, build_from_reference
+from medfusion_jax.convert.reference import (
+    UNET_DEFAULTS,
+    VAE_DEFAULTS,
+    build_from_reference,
+    norm_groups_from_reference,
+    take_kwargs,
+)
 from medfusion_jax.convert.state_dict import load_state_dict
-from medfusion_jax.diffusion.schedule import make_schedule
-from medfusion_jax.torch_file import load_torch_file
-from medfusion_jax.training import config as config_lib
-from medfusion_jax.training.checkpointing import (
+from medfusion_jax.diffusion.schedule import schedule_from_config
+from medfusion_jax.run_folder import (
     AUTOENCODER_COPY,
     CHECKPOINTS,
+    CONFIG_JSON,
     MODEL_JSON,
+    MODULE_CLASSES,
+    build_abstract,
     save_params,
+    split_params,
+    write_config,
     write_model_json,
 )
-from medfusion_jax.training.modules import MODULE_CLASSES, build_abstract, split_params
+from medfusion_jax.torch_file import load_torch_file
 
 UNET_PREFIX = "noise_estimator."
 EMA_PREFIX = "ema_model.averaged_model."
@@ -129,22 +139,22 @@ def _load(path: str | Path, cls: str, kwargs: dict[str, Any], weights: Mapping[s
 def vae_kwargs_from_reference(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Our ``VAE`` kwargs (as ``model.json`` stores them) for the reference ``VAE``/``VAEGAN`` kwargs."""
     nnx.eval_shape(lambda: build_from_reference("VAE", hparams))  # refuses unsupported options, by name
-    a = _take(hparams, _VAE_DEFAULTS, "VAE")
+    a = take_kwargs(hparams, VAE_DEFAULTS, "VAE")
     depth = len(a["hid_chs"])
     heads = depth - 1 if a["deep_supervision"] is True else int(a["deep_supervision"] or 0)
     return dict(emb_channels=int(a["emb_channels"]), hid_chs=[int(c) for c in a["hid_chs"]],
                 kernel_sizes=[int(k) for k in a["kernel_sizes"]], strides=[int(s) for s in a["strides"]],
-                norm_groups=_norm_groups(a["norm_name"], 8), deep_supervision=heads,
+                norm_groups=norm_groups_from_reference(a["norm_name"], 8), deep_supervision=heads,
                 in_channels=int(a["in_channels"]), out_channels=int(a["out_channels"]))
 
 
 def unet_kwargs_from_reference(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Our ``UNet`` kwargs for the reference ``unet2.UNet`` kwargs (``noise_estimator_kwargs``)."""
     unet = nnx.eval_shape(lambda: build_from_reference("UNet", hparams))
-    a = _take(hparams, _UNET_DEFAULTS, "UNet")
+    a = take_kwargs(hparams, UNET_DEFAULTS, "UNet")
     time_dim = int((a["time_embedder_kwargs"] or {}).get("emb_dim", 64))
     kwargs = dict(hid_chs=[int(c) for c in a["hid_chs"]], kernel_sizes=[int(k) for k in a["kernel_sizes"]],
-                  strides=[int(s) for s in a["strides"]], norm_groups=_norm_groups(a["norm_name"], 32),
+                  strides=[int(s) for s in a["strides"]], norm_groups=norm_groups_from_reference(a["norm_name"], 32),
                   time_emb_dim=time_dim, num_res_blocks=int(a["num_res_blocks"]), in_ch=int(a["in_ch"]),
                   out_ch=int(a["out_ch"]), num_classes=unet.num_classes)
     if unet.time_embedder.pos_dim != time_dim // 4:
@@ -189,7 +199,7 @@ def schedule_from_reference(kwargs: Mapping[str, Any], path: str | Path) -> conf
 
 def _check_scheduler_buffers(state: Mapping[str, np.ndarray], schedule: config_lib.ScheduleConfig, path) -> None:
     """The stored scheduler buffers (when present) must be those the kwargs give."""
-    ours = make_schedule(schedule.strategy, schedule.timesteps, schedule.beta_start, schedule.beta_end)
+    ours = schedule_from_config(schedule)
     for name in ("betas", "alphas_cumprod"):
         stored = state.get(SCHEDULER_PREFIX + name)
         if stored is None:
@@ -317,7 +327,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConversionError(f"--out {out}: not empty; choose another directory or pass --overwrite")
-        for name in (config_lib.CONFIG_JSON, MODEL_JSON):
+        for name in (CONFIG_JSON, MODEL_JSON):
             (out / name).unlink(missing_ok=True)
         for name in (CHECKPOINTS, AUTOENCODER_COPY):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -383,7 +393,7 @@ def convert_medfusion(
             pixel_loss="mse" if loss == "MSELoss" else "l1",
             kl_weight=float(hp.get("embedding_loss_weight", 1e-6)))
         save_params(out / CHECKPOINTS / str(STEP) / "params", {"vae": vae.params})
-        config_lib.write_config(config, out)
+        write_config(config, out)
         write_model_json(out, {"vae": {"class": "VAE", "kwargs": vae.kwargs}}, tuple(names))
         _add_to_model_json(out, converted_from=converted_from)
         return out
@@ -397,13 +407,14 @@ def convert_medfusion(
     config = config_lib.DiffusionConfig(
         data=data, run=run, autoencoder=str(Path(autoencoder).absolute()), model=model,
         schedule=pipeline["schedule"], ema=pipeline["ema"] is not None,
-        cfg_dropout=float(hp.get("classifier_free_guidance_dropout", 0.5)))
+        # The reference's default when the checkpoint does not record it: the same as ours (0.5).
+        cfg_dropout=float(hp.get("classifier_free_guidance_dropout", config_lib.DiffusionConfig.cfg_dropout)))
     step_dir = out / CHECKPOINTS / str(STEP)
     save_params(step_dir / "params", {"unet": unet.params})
     if pipeline["ema"] is not None:
         save_params(step_dir / "ema", {"unet": pipeline["ema"]})
     save_params(out / AUTOENCODER_COPY / "params", vae.params)
-    config_lib.write_config(config, out)
+    write_config(config, out)
     modules = {"unet": {"class": "UNet", "kwargs": unet.kwargs}, "vae": {"class": "VAE", "kwargs": vae.kwargs}}
     write_model_json(out, modules, tuple(names), frozen={"vae": f"{AUTOENCODER_COPY}/params"})
     converted_from["diffusion"] = pipeline["info"]

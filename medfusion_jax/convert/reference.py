@@ -25,7 +25,7 @@ _TRAINING_KWARGS = {
 }
 
 
-def _norm_groups(norm_name: Any, default: int) -> int:
+def norm_groups_from_reference(norm_name: Any, default: int) -> int:
     if norm_name is None:
         return default
     name, opts = (norm_name, {}) if isinstance(norm_name, str) else (norm_name[0], norm_name[1])
@@ -42,7 +42,7 @@ def _check_act(act_name: Any) -> None:
         raise ValueError(f"act_name={act_name!r} is not supported: Medfusion uses Swish (SiLU)")
 
 
-def _take(kwargs: Mapping[str, Any], allowed: dict[str, Any], cls: str) -> dict[str, Any]:
+def take_kwargs(kwargs: Mapping[str, Any], allowed: dict[str, Any], cls: str) -> dict[str, Any]:
     """Values of the architectural kwargs, with the reference's defaults; unknown keys are errors."""
     unknown = sorted(set(kwargs) - set(allowed) - _TRAINING_KWARGS)
     if unknown:
@@ -57,17 +57,17 @@ def _take(kwargs: Mapping[str, Any], allowed: dict[str, Any], cls: str) -> dict[
     return out
 
 
-_VAE_DEFAULTS = dict(
+VAE_DEFAULTS = dict(
     in_channels=3, out_channels=3, spatial_dims=2, emb_channels=4, hid_chs=[64, 128, 256, 512],
     kernel_sizes=[3, 3, 3, 3], strides=[1, 2, 2, 2], norm_name=("GROUP", {"num_groups": 8, "affine": True}),
     act_name=("Swish", {}), use_res_block=True, deep_supervision=False, learnable_interpolation=True,
     use_attention="none",
 )
-_DISC_DEFAULTS = dict(
+DISC_DEFAULTS = dict(
     in_channels=3, spatial_dims=2, hid_chs=[64, 128, 256, 512], kernel_sizes=[3, 3, 3, 3], strides=[1, 2, 2, 2],
     act_name=("Swish", {}), norm_name=("GROUP", {"num_groups": 8, "affine": True}),
 )
-_UNET_DEFAULTS = dict(
+UNET_DEFAULTS = dict(
     in_ch=1, out_ch=1, spatial_dims=3, hid_chs=[256, 256, 512, 1024], kernel_sizes=[3, 3, 3, 3],
     strides=[1, 2, 2, 2], act_name=("SWISH", {}), norm_name=("GROUP", {"num_groups": 32, "affine": True}),
     time_embedder="TimeEmbbeding", time_embedder_kwargs={}, cond_embedder=None, cond_embedder_kwargs={},
@@ -77,31 +77,32 @@ _UNET_DEFAULTS = dict(
 
 
 def vae_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> VAE:
-    a = _take(kwargs, _VAE_DEFAULTS, "VAE")
+    a = take_kwargs(kwargs, VAE_DEFAULTS, "VAE")
     return VAE(
         a["in_channels"], a["out_channels"], a["emb_channels"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]),
-        tuple(a["strides"]), _norm_groups(a["norm_name"], 8), a["deep_supervision"], a["use_attention"], rngs=rngs,
+        tuple(a["strides"]), norm_groups_from_reference(a["norm_name"], 8), a["deep_supervision"], a["use_attention"],
+        rngs=rngs,
     )
 
 
 def discriminator_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> Discriminator:
-    a = _take(kwargs, _DISC_DEFAULTS, "Discriminator")
+    a = take_kwargs(kwargs, DISC_DEFAULTS, "Discriminator")
     return Discriminator(
         a["in_channels"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]), tuple(a["strides"]),
-        _norm_groups(a["norm_name"], 8), rngs=rngs,
+        norm_groups_from_reference(a["norm_name"], 8), rngs=rngs,
     )
 
 
 def vaegan_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> VAEGAN:
     """The VAEGAN's VAE, and one discriminator per output built from the same architecture arguments."""
     vae = vae_from_reference(kwargs, rngs)
-    disc_kwargs = {k: kwargs[k] for k in _DISC_DEFAULTS if k in kwargs and k != "in_channels"}
+    disc_kwargs = {k: kwargs[k] for k in DISC_DEFAULTS if k in kwargs and k != "in_channels"}
     disc_kwargs["in_channels"] = kwargs.get("out_channels", 3)
     return VAEGAN(vae, [discriminator_from_reference(disc_kwargs, rngs) for _ in range(1 + len(vae.outc_ver))])
 
 
 def unet_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> UNet:
-    a = _take(kwargs, _UNET_DEFAULTS, "UNet")
+    a = take_kwargs(kwargs, UNET_DEFAULTS, "UNet")
     for flag in ("deep_supervision", "estimate_variance", "use_self_conditioning"):
         if a[flag]:
             raise ValueError(f"UNet: {flag}=True is not supported (every Medfusion configuration sets it False)")
@@ -120,7 +121,8 @@ def unet_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> UNet:
         num_classes = int(cond_kwargs.get("num_classes", 2))
     return UNet(
         a["in_ch"], a["out_ch"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]), tuple(a["strides"]),
-        _norm_groups(a["norm_name"], 32), time_dim, pos_dim, num_classes, a["num_res_blocks"], a["use_attention"],
+        norm_groups_from_reference(a["norm_name"], 32), time_dim, pos_dim, num_classes, a["num_res_blocks"],
+        a["use_attention"],
         rngs=rngs,
     )
 

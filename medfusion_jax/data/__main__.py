@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from medfusion_jax import command
 from medfusion_jax.data.describe import DEFAULT_SAMPLE, describe
 from medfusion_jax.data.registry import DATASETS
 
@@ -44,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--split", default="train")
     d.add_argument("--image-size", type=int, default=None)
     group = d.add_mutually_exclusive_group()
-    group.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, help="images to decode and check (default %(default)s)")
+    group.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                       help="images to decode and check (default %(default)s)")
     group.add_argument("--all", action="store_true", help="decode and check every image")
     commands.add_parser("list", help="print the registry as JSON")
     args = parser.parse_args(argv)
+    return command.run(lambda: _run(args), prog="medfusion_jax.data")
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         print(json.dumps(_registry(), indent=2))
         return 0

@@ -29,8 +29,8 @@ import os
 from typing import TYPE_CHECKING
 
 from medfusion_jax.data import csvutil
-from medfusion_jax.data.errors import DataError, Problem, require_dir
-from medfusion_jax.data.source import FileSource, Record, finish_index, walk_images
+from medfusion_jax.data.errors import DataError, Problem
+from medfusion_jax.data.source import FileSource, Record, open_file_source, walk_images
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -58,7 +58,8 @@ def index(data_dir: str) -> tuple[list[Record], list[Problem]]:
     for path in walk_images(data_dir):
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in by_stem:
-            problems.append(Problem("duplicate_id", path, f"image id {stem!r} also found at {by_stem[stem]}; using that one"))
+            problems.append(Problem("duplicate_id", path,
+                                    f"image id {stem!r} also found at {by_stem[stem]}; using that one"))
             continue
         by_stem[stem] = path
     records: list[Record] = []
@@ -78,7 +79,8 @@ def index(data_dir: str) -> tuple[list[Record], list[Problem]]:
             continue
         path = by_stem.get(cid)
         if path is None:
-            problems.append(Problem("missing_file", where, f"image {cid}.jpg listed in the CSV not found below {data_dir}"))
+            problems.append(Problem("missing_file", where,
+                                    f"image {cid}.jpg listed in the CSV not found below {data_dir}"))
             continue
         records.append(Record(path, LABELS[cls.upper()], cid))
     for stem, path in by_stem.items():
@@ -87,29 +89,7 @@ def index(data_dir: str) -> tuple[list[Record], list[Problem]]:
     return records, problems
 
 
-def open_source(
-    info: DatasetInfo,
-    data_dir: str | None,
-    *,
-    split: str = "train",
-    image_size: int | None = None,
-    channels: int = 3,
-    strict: bool = False,
-    allow_upscale: bool = False,
-) -> FileSource:
-    data_dir = require_dir(data_dir, info.name)
-    if split not in SPLITS:
-        raise DataError(f"{data_dir}: AIROGS has only the split 'train' (got {split!r})")
-    records, problems = index(data_dir)
-    finish_index(info.name, data_dir, records, problems, strict)
-    return FileSource(
-        info,
-        records,
-        split=split,
-        image_size=image_size or info.image_size,
-        channels=channels,
-        geometry="shorter-side-crop",
-        allow_upscale=allow_upscale,
-        problems=problems,
-        root=data_dir,
-    )
+def open_source(info: DatasetInfo, data_dir: str | None, **options) -> FileSource:
+    """AIROGS: one 'train' split; the shorter side resized, then centre-cropped (the reference's geometry)."""
+    return open_file_source(info, data_dir, lambda d, _split: (*index(d), d, None), geometry="shorter-side-crop",
+                            splits=SPLITS, **options)

@@ -33,8 +33,8 @@ import os
 from typing import TYPE_CHECKING
 
 from medfusion_jax.data import csvutil
-from medfusion_jax.data.errors import DataError, Problem, require_dir
-from medfusion_jax.data.source import FileSource, Record, finish_index
+from medfusion_jax.data.errors import DataError, Problem
+from medfusion_jax.data.source import FileSource, Record, open_file_source
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -100,7 +100,8 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem]]:
         label = label_of(row["Cardiomegaly"])
         if label is None:
             problems.append(
-                Problem("unknown_label", where, f"unknown Cardiomegaly value {row['Cardiomegaly']!r} for {rel} (expected 1, 0, -1 or blank)")
+                Problem("unknown_label", where,
+                        f"unknown Cardiomegaly value {row['Cardiomegaly']!r} for {rel} (expected 1, 0, -1 or blank)")
             )
             continue
         rows.append((where, rel, label))
@@ -118,29 +119,7 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem]]:
     return records, problems
 
 
-def open_source(
-    info: DatasetInfo,
-    data_dir: str | None,
-    *,
-    split: str = "train",
-    image_size: int | None = None,
-    channels: int = 3,
-    strict: bool = False,
-    allow_upscale: bool = False,
-) -> FileSource:
-    data_dir = require_dir(data_dir, info.name)
-    if split not in CSV_FOR_SPLIT:
-        raise DataError(f"{data_dir}: CheXpert splits are 'train' and 'validation' (got {split!r})")
-    records, problems = index(data_dir, split)
-    finish_index(info.name, data_dir, records, problems, strict)
-    return FileSource(
-        info,
-        records,
-        split=split,
-        image_size=image_size or info.image_size,
-        channels=channels,
-        geometry="stretch",
-        allow_upscale=allow_upscale,
-        problems=problems,
-        root=data_dir,
-    )
+def open_source(info: DatasetInfo, data_dir: str | None, **options) -> FileSource:
+    """CheXpert: 'train' and 'validation' ('valid') from their CSVs; images stretched to a square."""
+    return open_file_source(info, data_dir, lambda d, split: (*index(d, split), d, None), geometry="stretch",
+                            splits=tuple(CSV_FOR_SPLIT), **options)

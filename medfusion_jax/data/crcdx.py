@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from medfusion_jax.data.errors import DataError, Problem, require_dir
-from medfusion_jax.data.source import FileSource, Record, finish_index, walk_images
+from medfusion_jax.data.errors import DataError, Problem
+from medfusion_jax.data.source import FileSource, Record, open_file_source, walk_images
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -90,27 +90,7 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem], str]:
     return records, problems, root
 
 
-def open_source(
-    info: DatasetInfo,
-    data_dir: str | None,
-    *,
-    split: str = "train",
-    image_size: int | None = None,
-    channels: int = 3,
-    strict: bool = False,
-    allow_upscale: bool = False,
-) -> FileSource:
-    data_dir = require_dir(data_dir, info.name)
-    records, problems, root = index(data_dir, split)
-    finish_index(info.name, root, records, problems, strict)
-    return FileSource(
-        info,
-        records,
-        split=split,
-        image_size=image_size or info.image_size,
-        channels=channels,
-        geometry="shorter-side-crop",
-        allow_upscale=allow_upscale,
-        problems=problems,
-        root=root,
-    )
+def open_source(info: DatasetInfo, data_dir: str | None, **options) -> FileSource:
+    """CRC-DX: the split folders below ``data_dir``; shorter side resized, then centre-cropped."""
+    return open_file_source(info, data_dir, lambda d, split: (*index(d, split), None),
+                            geometry="shorter-side-crop", **options)

@@ -25,8 +25,8 @@ import os
 from typing import TYPE_CHECKING
 
 from medfusion_jax.data import images
-from medfusion_jax.data.errors import DataError, Problem, require_dir
-from medfusion_jax.data.source import FileSource, Record, finish_index, walk_images
+from medfusion_jax.data.errors import DataError, Problem
+from medfusion_jax.data.source import FileSource, Record, open_file_source, walk_images
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -37,7 +37,8 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem], tuple
     root = candidate if split and os.path.isdir(candidate) else data_dir
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    loose = [os.path.join(root, e) for e in entries if e not in class_dirs and images.is_image_file(os.path.join(root, e))]
+    loose = [os.path.join(root, e) for e in entries
+             if e not in class_dirs and images.is_image_file(os.path.join(root, e))]
     problems: list[Problem] = []
     records: list[Record] = []
     if not class_dirs:
@@ -46,7 +47,8 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem], tuple
             records.append(Record(path, 0, os.path.relpath(path, root)))
         return records, problems, class_names, root
     for path in loose:
-        problems.append(Problem("ignored_file", path, "image next to class folders belongs to no class; ignored", "warning"))
+        problems.append(Problem("ignored_file", path, "image next to class folders belongs to no class; ignored",
+                                "warning"))
     for label, name in enumerate(class_dirs):
         folder = os.path.join(root, name)
         found = walk_images(folder)
@@ -58,28 +60,10 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem], tuple
     return records, problems, tuple(class_dirs), root
 
 
-def open_source(
-    info: DatasetInfo,
-    data_dir: str | None,
-    *,
-    split: str = "train",
-    image_size: int | None = None,
-    channels: int = 3,
-    strict: bool = False,
-    allow_upscale: bool = False,
-) -> FileSource:
-    data_dir = require_dir(data_dir, info.name)
-    records, problems, class_names, root = index(data_dir, split)
-    finish_index(info.name, root, records, problems, strict)
-    return FileSource(
-        info,
-        records,
-        split=split,
-        image_size=image_size or info.image_size,
-        channels=channels,
-        geometry="shorter-side-crop",
-        allow_upscale=allow_upscale,
-        class_names=class_names,
-        problems=problems,
-        root=root,
-    )
+def open_source(info: DatasetInfo, data_dir: str | None, **options) -> FileSource:
+    """Any class-per-folder tree: its sub-folder names are the classes; shorter side resized, then cropped."""
+    def indexed(d, split):
+        records, problems, class_names, root = index(d, split)
+        return records, problems, root, class_names
+
+    return open_file_source(info, data_dir, indexed, geometry="shorter-side-crop", **options)

@@ -52,6 +52,7 @@ from absl import flags
 
 from medfusion_jax.data.errors import ImageError
 from medfusion_jax.data.source import ImageSource
+from medfusion_jax.images import normalize
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,6 @@ def ensure_absl_flags_parsed() -> None:
 def _worker_init(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     ensure_absl_flags_parsed()
-
-
-def normalize(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1], bit-identical to torchvision ``ToTensor`` + ``Normalize(0.5, 0.5)``.
-
-    Same float32 operations as torch: ``x / 255``, ``- 0.5``, then ``/ 0.5``, which is the exact
-    ``* 2``; done in place in ``out`` (or a new buffer).
-    """
-    if out is None:
-        out = np.empty(images.shape, np.float32)
-    np.divide(images, np.float32(255.0), out=out, dtype=np.float32)
-    out -= np.float32(0.5)
-    out *= np.float32(2.0)
-    return out
 
 
 def _mix(seed: int, position: int) -> int:
@@ -357,7 +344,8 @@ def make_loader(
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
     if global_batch_size <= 0 or global_batch_size % shard_count:
-        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of shard_count {shard_count}")
+        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
+                         f"shard_count {shard_count}")
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs}")
     if len(source) == 0:

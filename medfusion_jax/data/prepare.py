@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="where the prepared data is written")
     parser.add_argument("--image-size", type=int, default=None, help="side length (default: the registry's)")
     parser.add_argument("--encoding", choices=tfds_builders.ENCODINGS, default="raw")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="decoding processes (default: all cores)")
     parser.add_argument("--strict", action="store_true", help="stop at the first problem instead of skipping")
     args = parser.parse_args(argv)
     try:

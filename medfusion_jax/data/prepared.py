@@ -134,7 +134,7 @@ class PreparedSource(ImageSource):
         if counts is None:
             labels = np.asarray([self._data()[i]["label"] for i in range(len(self))], np.int64)
             n = np.bincount(labels, minlength=len(self.class_names))
-            counts = {name: int(c) for name, c in zip(self.class_names, n)}
+            counts = {name: int(c) for name, c in zip(self.class_names, n, strict=True)}
         return dict(counts)
 
     def describe_item(self, index: int) -> str:

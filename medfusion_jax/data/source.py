@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medfusion_jax.data import images
-from medfusion_jax.data.errors import DataError, Problem
+from medfusion_jax.data.errors import DataError, Problem, require_dir
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -136,7 +136,7 @@ class FileSource(ImageSource):
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, counts)}
+        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
 
     def describe_item(self, index: int) -> str:
         return self.paths[index]
@@ -175,3 +175,34 @@ def finish_index(
     if not records:
         first = f" (first problem: {errors[0]})" if errors else ""
         raise DataError(f"{root}: no usable images for {name}{first}")
+
+
+def open_file_source(
+    info,
+    data_dir: str | None,
+    index,
+    *,
+    geometry: str,
+    splits: tuple[str, ...] | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int = 3,
+    strict: bool = False,
+    allow_upscale: bool = False,
+) -> FileSource:
+    """How every reader of the user's files opens a split: check the folder and the split name, index the
+    files, refuse an empty index (or, with ``strict``, any problem) naming the folder, and serve the
+    records as a :class:`FileSource`.
+
+    ``index(data_dir, split)`` returns ``(records, problems, root, class_names)``; ``class_names`` None
+    keeps the data set's own. ``geometry`` is the reference's resize/crop for this data set;
+    ``splits`` the split names it accepts (None: any, the index decides).
+    """
+    data_dir = require_dir(data_dir, info.name)
+    if splits is not None and split not in splits:
+        raise DataError(f"{data_dir}: {info.name} has the split(s) {', '.join(map(repr, splits))} (got {split!r})")
+    records, problems, root, class_names = index(data_dir, split)
+    finish_index(info.name, root, records, problems, strict)
+    extra = {} if class_names is None else {"class_names": class_names}
+    return FileSource(info, records, split=split, image_size=image_size or info.image_size, channels=channels,
+                      geometry=geometry, allow_upscale=allow_upscale, problems=problems, root=root, **extra)

@@ -19,8 +19,8 @@ Config ``<size>px-<channels>ch-<encoding>`` (:func:`make_config`):
   (quality 95, about 8x smaller, lossy; the reference itself trained AIROGS from JPEGs).
 
 Records are written uncompressed (see :class:`_UncompressedArrayRecordAdapter`): reading them is
-then a copy, not a decompression. Unreadable images are skipped and listed in ``metadata.json`` (with per-split class counts and the
-problems of the index scan) unless ``strict``. Decoding runs in ``workers`` processes.
+then a copy, not a decompression. Unreadable images are skipped and listed in ``metadata.json`` (with
+per-split class counts and the problems of the index scan) unless ``strict``. Decoding runs in ``workers`` processes.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class _MedfusionBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             bar.close()
             if pool is not None:
                 pool.terminate()
-        self._extra["class_counts"][split] = {n: int(c) for n, c in zip(source.class_names, counts)}
+        self._extra["class_counts"][split] = {n: int(c) for n, c in zip(source.class_names, counts, strict=True)}
         self._extra["skipped"][split] = {"count": len(skipped), "listed": skipped[:MAX_LISTED_PROBLEMS]}
         self.info.metadata.update(self._extra)
         if skipped:

@@ -12,8 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The paper's configuration: 1000 steps, scaled-linear 0.002 -> 0.02.
-PAPER = dict(strategy="scaled_linear", timesteps=1000, beta_start=0.002, beta_end=0.02)
+from medfusion_jax.config import ScheduleConfig
+
+# The paper's configuration, from its one definition (ScheduleConfig): 1000 steps, scaled-linear 0.002 -> 0.02.
+PAPER = dataclasses.asdict(ScheduleConfig())
+
+
+def schedule_from_config(config: ScheduleConfig) -> NoiseSchedule:
+    """The schedule a run's ``ScheduleConfig`` describes (the one place its fields are expanded)."""
+    return make_schedule(config.strategy, config.timesteps, config.beta_start, config.beta_end)
 
 
 def betas_for(strategy: str, timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:

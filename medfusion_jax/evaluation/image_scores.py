@@ -17,7 +17,7 @@ import dataclasses
 import math
 from typing import Any
 
-from medfusion_jax.metrics.feature_sets import FeatureSet
+from medfusion_jax.evaluation.feature_sets import FeatureSet
 from medfusion_jax.metrics.fid import frechet_distance
 from medfusion_jax.metrics.kid import DEFAULT_SUBSETS, kernel_inception_distance
 from medfusion_jax.metrics.precision_recall import precision_recall

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medfusion_jax.data import DatasetInfo
-from medfusion_jax.metrics.conditioning import predicted_classes
+from medfusion_jax.evaluation.conditioning import predicted_classes
 from medfusion_jax.metrics.distribution import DistributionDistance, compare_samples
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from medfusion_jax.config import DiffusionConfig
 from medfusion_jax.diffusion.schedule import NoiseSchedule, q_sample
 from medfusion_jax.models import UNet
 
@@ -33,8 +34,8 @@ def diffusion_loss(
     labels: jax.Array | None,
     key: jax.Array,
     *,
-    cfg_dropout: float = 0.5,
-    per_sample_cfg_dropout: bool = False,
+    cfg_dropout: float = DiffusionConfig.cfg_dropout,
+    per_sample_cfg_dropout: bool = DiffusionConfig.per_sample_cfg_dropout,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(L1 between predicted and true noise, terms) for clean latents ``z0`` [B, h, w, C].
 

@@ -67,7 +67,7 @@ def vaegan_losses(
     mean, logvar = vae.posterior(x)
     kl = kl_divergence(mean, logvar)
     features, head_features = vae.decoder_features(reparameterize(mean, logvar, key=key, noise=noise))
-    last_layers = [(vae.outc, features)] + list(zip(vae.outc_ver, head_features))
+    last_layers = [(vae.outc, features)] + list(zip(vae.outc_ver, head_features, strict=True))
 
     gen_loss = kl_weight * kl
     disc_loss = jnp.zeros((), jnp.float32)

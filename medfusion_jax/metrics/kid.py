@@ -109,8 +109,8 @@ def kernel_inception_distance(
 ) -> KID:
     """KID of ``fake`` against ``real`` features ([N, dim] each), TorchMetrics' definition.
 
-    ``subset_size=None`` takes ``min(1000, n_real // 2, n_fake // 2)`` (at least 2); ``indices`` (real and fake row indices,
-    ``[subsets, subset_size]`` each) replaces the random draw.
+    ``subset_size=None`` takes ``min(1000, n_real // 2, n_fake // 2)`` (at least 2); ``indices`` (real and
+    fake row indices, ``[subsets, subset_size]`` each) replaces the random draw.
     """
     real, fake = _check_pair(real, fake)
     n_real, n_fake = real.shape[0], fake.shape[0]
@@ -134,10 +134,10 @@ def kernel_inception_distance(
     if max(n_real, n_fake) <= GRAM_LIMIT:
         k_rr, k_ff, k_rf = kern(real, real), kern(fake, fake), kern(real, fake)
         scores = [_mmd_from_kernels(k_rr[np.ix_(r, r)], k_ff[np.ix_(f, f)], k_rf[np.ix_(r, f)])
-                  for r, f in zip(real_idx, fake_idx)]
+                  for r, f in zip(real_idx, fake_idx, strict=True)]
     else:
         scores = [_mmd_from_kernels(kern(real[r], real[r]), kern(fake[f], fake[f]), kern(real[r], fake[f]))
-                  for r, f in zip(real_idx, fake_idx)]
+                  for r, f in zip(real_idx, fake_idx, strict=True)]
     scores = np.asarray(scores)
     return KID(mean=float(scores.mean()), std=float(scores.std()), subsets=len(scores),
                subset_size=int(real_idx.shape[1]))

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medfusion_jax.layers import BasicBlock, Dtype
-from medfusion_jax.models.vae import VAE, check_image
+from medfusion_jax.layers import BasicBlock, Dtype, check_image
+from medfusion_jax.models.vae import VAE
 
 
 class Discriminator(nnx.Module):

@@ -22,8 +22,8 @@ from medfusion_jax.layers import (
     Linear,
     UnetResBlock,
     check_attention,
+    check_image,
 )
-from medfusion_jax.models.vae import check_image
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -116,7 +116,8 @@ class UNet(nnx.Module):
         skip_channels = [hid_chs[0]]
         for i in range(1, depth):
             for k in range(num_res_blocks):
-                in_blocks.append(UnetResBlock(hid_chs[i - 1] if k == 0 else hid_chs[i], hid_chs[i], kernel_sizes[i], 1, **kw))
+                block_in = hid_chs[i - 1] if k == 0 else hid_chs[i]
+                in_blocks.append(UnetResBlock(block_in, hid_chs[i], kernel_sizes[i], 1, **kw))
                 skip_channels.append(hid_chs[i])
             if i < depth - 1:
                 in_blocks.append(BasicDown(hid_chs[i], hid_chs[i], kernel_sizes[i], strides[i], dtype=dtype, rngs=rngs))

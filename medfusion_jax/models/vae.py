@@ -19,23 +19,10 @@ from medfusion_jax.layers import (
     Dtype,
     UnetResBlock,
     check_attention,
+    check_image,
 )
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
-
-
-def check_image(x: jax.Array, channels: int, divisor: int, what: str) -> None:
-    """Raise a ValueError that says what was expected when ``x`` is not N x H x W x channels."""
-    if x.ndim != 4:
-        raise ValueError(f"{what}: expected a 4-D NHWC batch, got shape {tuple(x.shape)}")
-    _, h, w, c = x.shape
-    if c != channels:
-        raise ValueError(f"{what}: expected {channels} channels (NHWC, last axis), got shape {tuple(x.shape)}")
-    if h % divisor or w % divisor:
-        raise ValueError(
-            f"{what}: height and width must be divisible by {divisor} (the total downsampling), "
-            f"got {h}x{w}"
-        )
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -119,7 +106,8 @@ class VAE(nnx.Module):
         if not 0 <= num_heads <= depth - 1:
             raise ValueError(f"VAE: deep_supervision={deep_supervision!r} allows at most {depth - 1} heads")
         self.outc_ver = nnx.List([
-            BasicBlock(hid_chs[j + 1], out_channels, 1, zero_conv=True, dtype=dtype, rngs=rngs) for j in range(num_heads)
+            BasicBlock(hid_chs[j + 1], out_channels, 1, zero_conv=True, dtype=dtype, rngs=rngs)
+            for j in range(num_heads)
         ])
 
     # -- encoder -------------------------------------------------------------------------------
@@ -167,7 +155,7 @@ class VAE(nnx.Module):
 
     def _decode(self, z: jax.Array, with_heads: bool) -> tuple[jax.Array, list[jax.Array]]:
         h, head_inputs = self.decoder_features(z, with_heads)
-        return self.outc(h), [head(f) for head, f in zip(self.outc_ver, head_inputs)]
+        return self.outc(h), [head(f) for head, f in zip(self.outc_ver, head_inputs, strict=False)]
 
     def decode(self, z: jax.Array) -> jax.Array:
         """Latent -> image (unbounded; no tanh), without the deep-supervision heads."""

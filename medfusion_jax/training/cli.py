@@ -13,10 +13,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from medfusion_jax.data import DATASETS, DataError
-from medfusion_jax.training.config import DTYPES, DataConfig, RunConfig
-from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
+from medfusion_jax import command
+from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError
+from medfusion_jax.config import DTYPES, DataConfig, RunConfig
+from medfusion_jax.data import DATASETS
 from medfusion_jax.mesh import initialize_distributed
+from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
@@ -116,22 +118,24 @@ def run_config(args: argparse.Namespace, preset: dict[str, Any], stage: str) -> 
 
 def run_main(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any],
              run: Callable[..., TrainResult]) -> int:
-    """Join the distributed run (if asked), build the configuration, train, and map failures to exit codes."""
+    """Join the distributed run (if asked), build the configuration and train; failures become exit codes
+    through :func:`medfusion_jax.command.run` (a non-finite loss is 1, bad input 2, an interruption 130)."""
+    return command.run(lambda: _train(args, make_config, run), prog="train")
+
+
+def _train(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any],
+           run: Callable[..., TrainResult]) -> int:
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                           from_environment=args.distributed)
+    config = make_config(args)
     try:
-        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                               from_environment=args.distributed)
-        config = make_config(args)
         result = run(config, resume=args.resume)
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, DataError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(str(err), exit_code=EXIT_FAILED) from None
     if result.interrupted:
         print(f"interrupted at step {result.final_step}; checkpoint saved in {result.run_dir / 'checkpoints'}. "
               "Run the same command again to resume.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     loss = result.last_metrics.get("loss")
     print(f"done: step {result.final_step}" + (f", loss {loss:.5g}" if loss is not None else "")
           + f"; run directory {result.run_dir}")

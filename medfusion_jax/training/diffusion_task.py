@@ -29,13 +29,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from medfusion_jax.diffusion.schedule import make_schedule
-from medfusion_jax.generate import generate_images, image_grid
+from medfusion_jax.config import DiffusionConfig
+from medfusion_jax.diffusion.pipeline import generate_images
+from medfusion_jax.diffusion.schedule import schedule_from_config
+from medfusion_jax.images import image_grid
 from medfusion_jax.losses.diffusion import diffusion_loss
 from medfusion_jax.models import UNet
 from medfusion_jax.models.vae import reparameterize
-from medfusion_jax.training.config import DiffusionConfig
-from medfusion_jax.training.modules import build, split_params, unet_kwargs
+from medfusion_jax.run_folder import build, split_params, unet_kwargs
 from medfusion_jax.training.state import advance, new_progress, step_key
 
 State = dict[str, Any]
@@ -43,23 +44,18 @@ State = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionSpec:
-    """Everything static about a diffusion step (hashable)."""
+    """Everything static about a diffusion step (hashable): the graph definitions, whether the model is
+    conditional, and the run's configuration, the one source of every loss, optimiser and EMA setting."""
 
     unet_graph: nnx.GraphDef
     vae_graph: nnx.GraphDef
     conditional: bool
-    cached_latents: bool
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    cfg_dropout: float = 0.5
-    per_sample_cfg_dropout: bool = False
-    ema: bool = False
-    ema_max_decay: float = 0.9999
+    config: DiffusionConfig
 
 
 def optimizer(spec: DiffusionSpec) -> optax.GradientTransformation:
     """torch.optim.AdamW defaults except the learning rate; note weight decay 0.01 (optax's default is 1e-4)."""
-    return optax.adamw(spec.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=spec.weight_decay)
+    return optax.adamw(spec.config.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=spec.config.weight_decay)
 
 
 def init_diffusion(
@@ -81,25 +77,18 @@ def init_diffusion(
         unet_graph=unet_graph,
         vae_graph=vae_graph,
         conditional=num_classes is not None,
-        cached_latents=config.cache_latents,
-        lr=float(config.lr),
-        weight_decay=float(config.weight_decay),
-        cfg_dropout=float(config.cfg_dropout),
-        per_sample_cfg_dropout=bool(config.per_sample_cfg_dropout),
-        ema=bool(config.ema),
-        ema_max_decay=float(config.ema_max_decay),
+        config=config,
     )
     state = {
         "params": {"unet": unet_params},
         "opt_state": {"unet": optimizer(spec).init(unet_params)},
         "progress": new_progress(config.run.seed),
     }
-    if spec.ema:
+    if spec.config.ema:
         state["ema"] = {"unet": jax.tree.map(jnp.copy, unet_params)}
-    schedule = make_schedule(config.schedule.strategy, config.schedule.timesteps, config.schedule.beta_start,
-                             config.schedule.beta_end)
+    schedule = schedule_from_config(config.schedule)
     constants: dict[str, Any] = {"schedule": schedule}
-    if not spec.cached_latents:
+    if not spec.config.cache_latents:
         constants["vae"] = vae_params
     return spec, state, constants, kwargs
 
@@ -111,7 +100,7 @@ def ema_decay(updates_done: jax.Array, max_decay: float) -> jax.Array:
 def clean_latents(batch: dict[str, jax.Array], constants: dict[str, Any], key: jax.Array, *,
                   spec: DiffusionSpec) -> jax.Array:
     """z_0: a posterior sample of the frozen encoder (from the images, or from cached moments)."""
-    if spec.cached_latents:
+    if spec.config.cache_latents:
         mean, logvar = batch["mean"], batch["logvar"]
     else:
         vae = nnx.merge(spec.vae_graph, constants["vae"])
@@ -128,8 +117,8 @@ def diffusion_train_step(state: State, constants: dict[str, Any], batch: dict[st
 
     def loss_fn(unet_params):
         unet = nnx.merge(spec.unet_graph, unet_params)
-        return diffusion_loss(unet, constants["schedule"], z0, labels, key_loss, cfg_dropout=spec.cfg_dropout,
-                              per_sample_cfg_dropout=spec.per_sample_cfg_dropout)
+        return diffusion_loss(unet, constants["schedule"], z0, labels, key_loss, cfg_dropout=spec.config.cfg_dropout,
+                              per_sample_cfg_dropout=spec.config.per_sample_cfg_dropout)
 
     params = state["params"]["unet"]
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -140,8 +129,8 @@ def diffusion_train_step(state: State, constants: dict[str, Any], batch: dict[st
         "opt_state": {"unet": opt_state},
         "progress": advance(state["progress"]),
     }
-    if spec.ema:
-        decay = ema_decay(state["progress"]["step"], spec.ema_max_decay)
+    if spec.config.ema:
+        decay = ema_decay(state["progress"]["step"], spec.config.ema_max_decay)
         new_state["ema"] = {"unet": jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                                  state["ema"]["unet"], params)}
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **terms}
@@ -155,7 +144,7 @@ def sample_grid(state: State, constants: dict[str, Any], vae_params: dict, *, sp
 
     Fixed noise (``seed``) so that grids of successive steps are comparable.
     """
-    params = (state["ema"] if spec.ema else state["params"])["unet"]
+    params = (state["ema"] if spec.config.ema else state["params"])["unet"]
     unet = nnx.merge(spec.unet_graph, params)
     vae = nnx.merge(spec.vae_graph, vae_params)
     key = jax.random.key(seed)

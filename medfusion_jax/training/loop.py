@@ -34,17 +34,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from medfusion_jax.training import config as config_lib
+from medfusion_jax import config as config_lib
+from medfusion_jax import run_folder
+from medfusion_jax.images import save_png
+from medfusion_jax.mesh import check_batch_size, global_batch, make_mesh, replicated, state_shardings
+from medfusion_jax.plots import line_plot
 from medfusion_jax.training.checkpointing import Checkpointer
 from medfusion_jax.training.logging import (
     MetricsLog,
     TensorBoardWriter,
     downsample_records,
     read_metrics,
-    save_png,
 )
-from medfusion_jax.plots import line_plot
-from medfusion_jax.mesh import check_batch_size, global_batch, make_mesh, replicated, state_shardings
 from medfusion_jax.training.state import compiled_step
 
 State = dict[str, Any]
@@ -124,8 +125,8 @@ def prepare_run_dir(config: config_lib.Config, *, resume: bool | None = None) ->
     """
     run_dir = Path(config.run.run_dir)
     current = config_lib.to_dict(config)
-    if (run_dir / config_lib.CONFIG_JSON).exists():
-        differing = config_lib.differing_keys(config_lib.read_config(run_dir), current)
+    if (run_dir / run_folder.CONFIG_JSON).exists():
+        differing = config_lib.differing_keys(run_folder.read_config(run_dir), current)
         if differing:
             raise ConfigMismatchError(run_dir, differing)
     checkpointer_dir = run_dir / "checkpoints"
@@ -138,7 +139,7 @@ def prepare_run_dir(config: config_lib.Config, *, resume: bool | None = None) ->
         raise FileNotFoundError(f"--resume: {run_dir} has no checkpoint to continue from")
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.write_config(config, run_dir)
+        run_folder.write_config(config, run_dir)
     return steps[-1] if steps else None
 
 

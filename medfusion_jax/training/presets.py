@@ -1,7 +1,7 @@
 """Per-dataset presets: ``--dataset airogs`` alone reproduces the paper's setting (spec sections 9 and 10).
 
 Presets are plain data: for each data set, the values that differ from the dataclass defaults of
-:mod:`medfusion_jax.training.config`. Every value can be overridden by a flag of the command lines.
+:mod:`medfusion_jax.config`. Every value can be overridden by a flag of the command lines.
 
 Paper datasets (the reference's ``train_latent_embedder_2d.py`` / ``train_diffusion.py``):
 

@@ -13,28 +13,28 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from medfusion_jax.data import DataError, ImageError, ImageSource, make_dataset, make_loader, normalize
-from medfusion_jax.generate import image_grid, to_uint8
-from medfusion_jax.training import autoencoder_task, diffusion_task, latent_cache
-from medfusion_jax.training.checkpointing import (
-    AUTOENCODER_COPY,
-    load_trained,
-    read_model_json,
-    resolve_checkpoint,
-    save_params,
-    write_model_json,
-)
-from medfusion_jax.training.config import (
+from medfusion_jax.config import (
     AutoencoderConfig,
     DataConfig,
     DiffusionConfig,
     from_dict,
-    read_config,
     validate,
 )
-from medfusion_jax.training.loop import Task, TrainResult, prepare_run_dir, train
+from medfusion_jax.data import DataError, ImageError, ImageSource, make_dataset, make_loader, normalize
+from medfusion_jax.images import image_grid, to_uint8
 from medfusion_jax.mesh import make_mesh, replicated
-from medfusion_jax.training.modules import split_params
+from medfusion_jax.run_folder import (
+    AUTOENCODER_COPY,
+    load_trained,
+    read_config,
+    read_model_json,
+    resolve_checkpoint,
+    save_params,
+    split_params,
+    write_model_json,
+)
+from medfusion_jax.training import autoencoder_task, diffusion_task, latent_cache
+from medfusion_jax.training.loop import Task, TrainResult, prepare_run_dir, train
 
 PREVIEW_IMAGES = 8
 

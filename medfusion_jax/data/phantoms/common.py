@@ -179,7 +179,7 @@ class PhantomSource(ImageSource):
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, counts)}
+        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
 
     def describe_item(self, index: int) -> str:
         return f"{self.info.name}/{self.split}[{index}] (seed {self.seed})"

@@ -120,7 +120,7 @@ class LPIPS(nnx.Module):
             ])
         except (KeyError, TypeError) as err:
             raise LPIPSWeightsError(f"not LPIPS-AlexNet weights (missing {err}). {HOW_TO_GET}") from err
-        for conv, (out_ch, k, _, _) in zip(self.convs, ALEXNET):
+        for conv, (out_ch, k, _, _) in zip(self.convs, ALEXNET, strict=True):
             if conv.kernel.shape[::3] != (k, out_ch):
                 raise LPIPSWeightsError(f"unexpected AlexNet kernel shape {conv.kernel.shape}. {HOW_TO_GET}")
 
@@ -139,7 +139,7 @@ class LPIPS(nnx.Module):
         if img0.shape != img1.shape or img0.ndim != 4 or img0.shape[-1] != 3:
             raise ValueError(f"expected two [B, H, W, 3] batches of the same shape, got {img0.shape}, {img1.shape}")
         total = 0.0
-        for f0, f1, lin in zip(self.features(img0), self.features(img1), self.lins):
+        for f0, f1, lin in zip(self.features(img0), self.features(img1), self.lins, strict=True):
             n0 = f0 / (jnp.sqrt(jnp.sum(f0**2, axis=-1, keepdims=True)) + 1e-10)
             n1 = f1 / (jnp.sqrt(jnp.sum(f1**2, axis=-1, keepdims=True)) + 1e-10)
             total = total + jnp.mean(lin((n0 - n1) ** 2), axis=(1, 2, 3))

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from medfusion_jax.data import DATASETS
-from medfusion_jax.metrics.dataset_images import DatasetImages
+from medfusion_jax.evaluation.dataset_images import DatasetImages
+from medfusion_jax.images import ImageFilesError, iter_images, list_image_files
 from medfusion_jax.metrics.fid import FeatureStats
-from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files
 
 
 @dataclasses.dataclass

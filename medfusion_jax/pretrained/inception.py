@@ -3,7 +3,7 @@
 It is torch-fidelity's ``inception-v3-compat``, the extractor behind TorchMetrics' FID:
 
 - uint8 input of any size, resized to 299x299 with the TF1 bilinear kernel
-  (:func:`~medfusion_jax.metrics.resize.resize_bilinear_tf1`), then ``(x - 128) / 128``;
+  (:func:`~medfusion_jax.pretrained.resize.resize_bilinear_tf1`), then ``(x - 128) / 128``;
 - every convolution is bias-free and followed by TF's scale-free batch norm
   (``(x - mean) / sqrt(var + 1e-3) + beta``) and a ReLU;
 - the FID variants of the blocks: average pools in the Inception A, C and E_1 blocks ignore the
@@ -13,7 +13,7 @@ It is torch-fidelity's ``inception-v3-compat``, the extractor behind TorchMetric
   its logits (with and without bias; the unbiased ones feed torch-fidelity's Inception Score).
 
 Attribute names follow torch-fidelity's modules (``Mixed_5b.branch1x1`` ...), so the canonical
-weight names of :mod:`~medfusion_jax.metrics.inception_weights` are the dotted module paths.
+weight names of :mod:`~medfusion_jax.pretrained.inception_weights` are the dotted module paths.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from medfusion_jax.metrics.resize import resize_bilinear_antialias, resize_bilinear_tf1
+from medfusion_jax.pretrained.resize import resize_bilinear_antialias, resize_bilinear_tf1
 
 BN_EPS = 1e-3
 FEATURE_DIM = 2048
@@ -256,7 +256,7 @@ class InceptionV3(nnx.Module):
     ``'antialias'`` (TorchMetrics >= 1.8's default; different numbers).
 
     A fresh instance has random weights; load real ones with
-    :func:`medfusion_jax.metrics.inception_weights.load_inception`.
+    :func:`medfusion_jax.pretrained.inception_weights.load_inception`.
     """
 
     def __init__(self, *, with_logits: bool = False, resize: str = "tf1", rngs: nnx.Rngs | None = None):

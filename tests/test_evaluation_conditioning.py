@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from medfusion_jax.data import get_info, make_dataset
-from medfusion_jax.metrics import conditioning
+from medfusion_jax.evaluation import conditioning
 
 
 def _write_folder(root, source, swap=False):

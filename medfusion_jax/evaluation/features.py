@@ -11,8 +11,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from medfusion_jax.metrics.inception import InceptionV3
-from medfusion_jax.metrics.inception_weights import load_inception
+from medfusion_jax.pretrained.inception import InceptionV3
+from medfusion_jax.pretrained.inception_weights import load_inception
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:

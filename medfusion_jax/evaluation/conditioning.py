@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from medfusion_jax.data import DatasetInfo
-from medfusion_jax.metrics.image_files import list_image_files, load_rgb
+from medfusion_jax.images import list_image_files, load_rgb
 
 
 @dataclasses.dataclass(frozen=True)

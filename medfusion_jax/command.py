@@ -1,0 +1,72 @@
+"""What every command line shares: the XLA:CPU setting before the first computation, and one mapping from
+failures to exit codes and one-line messages.
+
+Exit codes (the same for ``train.*``, ``eval.*``, ``medfusion_jax.convert`` and ``medfusion_jax.data``):
+
+* 0: done;
+* 1 (:data:`EXIT_FAILED`): the work ran and its result is a failure (a non-finite loss, a parity check
+  that does not hold, a data set with faults);
+* 2 (:data:`EXIT_USAGE`): bad input: a flag, a file, a field of a file, a folder that does not fit,
+  reported as ``error: ...`` naming it, first line first (a message may list details below it, e.g.
+  every mismatching key of a checkpoint); argparse's own flag errors are 2 as well;
+* 130 (:data:`EXIT_INTERRUPTED`): Ctrl-C; what was saved stays (training checkpoints, sample images).
+
+Input errors are the ``ValueError``/``OSError`` family (every error class of this package derives
+from ``ValueError``; :class:`~medfusion_jax.data.errors.DataError` is caught too) and
+:class:`CommandError`. Anything else is a bug and keeps its traceback. ``MEDFUSION_JAX_TRACEBACK=1``
+shows the traceback of input errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from medfusion_jax.data.errors import DataError
+from medfusion_jax.xla_cpu import apply_cpu_defaults
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+TRACEBACK = "MEDFUSION_JAX_TRACEBACK"
+
+
+class CommandError(Exception):
+    """A failure to report in one line (the message names the flag, file or field) with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def run(body: Callable[[], int | None], *, prog: str | None = None) -> int:
+    """Apply the CPU setting, call ``body()``, and turn its failures into (message, exit code).
+
+    ``body`` returns an exit code (None: 0). Messages go to stderr as ``error: ...``; ``prog`` names
+    the command in the interruption message.
+    """
+    apply_cpu_defaults()
+    show_traceback = os.environ.get(TRACEBACK, "0") not in ("", "0")
+    try:
+        code = body()
+    except KeyboardInterrupt:
+        print(f"{prog or 'command'}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CommandError as err:
+        if show_traceback:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except (ValueError, OSError, DataError) as err:
+        if show_traceback:
+            raise
+        print(f"error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if code is None else int(code)

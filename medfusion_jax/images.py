@@ -1,0 +1,171 @@
+"""Image utilities shared by every layer: the [-1, 1] <-> uint8 conversions, grids, PNG and JSON files
+written atomically, and image folders read like torchvision's ``ImageFolder``.
+
+Everything here is plain numpy and PIL (no model, no data set), so data readers, training, evaluation
+and the commands all use the same conversions:
+
+* :func:`normalize`: uint8 -> float32 [-1, 1], bit-identical to ``ToTensor`` + ``Normalize(0.5, 0.5)``
+  (spec 2.1); :func:`to_uint8` is the reference's ``sample_dataset.py`` conversion back (clip, scale,
+  *truncate*); :func:`to_uint8_rounded` rounds instead (figures only).
+* :func:`image_grid`, :func:`save_png`, :func:`write_png_atomic`, :func:`write_json_atomic`,
+  :func:`read_png`, :func:`read_json`.
+* Image folders (the metric commands' inputs): a folder is read like ``ImageFolder`` where it has class
+  sub-folders (each sub-folder is a class, searched recursively, classes and files in sorted order);
+  image files directly in such a folder are left out, as ``ImageFolder`` does (``eval.sample`` keeps its
+  ``grid.png`` there). A folder without class sub-folders is one unnamed class (``''``). Images are
+  decoded with PIL and ``.convert('RGB')``, as the reference did: grayscale is copied into 3 channels,
+  alpha is dropped, 16-bit values are clipped to 255.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# torchvision's IMG_EXTENSIONS.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+# -- value conversions -----------------------------------------------------------------------------------
+
+
+def normalize(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1], bit-identical to torchvision ``ToTensor`` + ``Normalize(0.5, 0.5)``.
+
+    Same float32 operations as torch: ``x / 255``, ``- 0.5``, then ``/ 0.5``, which is the exact
+    ``* 2``; done in place in ``out`` (or a new buffer).
+    """
+    if out is None:
+        out = np.empty(images.shape, np.float32)
+    np.divide(images, np.float32(255.0), out=out, dtype=np.float32)
+    out -= np.float32(0.5)
+    out *= np.float32(2.0)
+    return out
+
+
+def to_uint8(images: Any) -> np.ndarray:
+    """clip to [-1, 1], (x + 1) / 2 * 255, then *truncate* to uint8, as the reference's sample_dataset.py."""
+    x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) / 2.0 * 255.0
+    return x.astype(np.uint8)
+
+
+def to_uint8_rounded(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> uint8, rounded (for the PNG only)."""
+    x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) / 2.0 * 255.0
+    return np.round(x).astype(np.uint8)
+
+
+# -- grids and files ---------------------------------------------------------------------------------
+
+
+def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
+    """Tile uint8 NHWC images into one HWC image, row-major, with ``pad`` black pixels between tiles."""
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    grid = np.zeros((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = img
+    return grid
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write a uint8 [H, W] or [H, W, C] image as PNG, creating the parent folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.asarray(image)
+    Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image).save(path)
+    return path
+
+
+def write_png_atomic(path: Path, image: np.ndarray) -> None:
+    """Write ``image`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and ``os.replace`` (never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, C] as stored (a grayscale PNG gets a channel axis of 1)."""
+    with Image.open(path) as img:
+        a = np.asarray(img)
+    return a[..., None] if a.ndim == 2 else a
+
+
+# -- image folders -------------------------------------------------------------------------------------
+
+
+class ImageFilesError(ValueError):
+    """A path is missing, is not a folder, holds no images, or an image cannot be decoded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    label: str  # class sub-folder name; '' for images directly in the root folder
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def list_image_files(root: str | os.PathLike) -> list[ImageFile]:
+    """Image files of ``root`` (class sub-folders allowed), sorted by class then path."""
+    root = Path(root)
+    if not root.exists():
+        raise ImageFilesError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise ImageFilesError(f"not a folder: {root}")
+    files = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = sorted(p for p in sub.rglob("*") if _is_image(p))
+        files.extend(ImageFile(p, sub.name) for p in found)
+    if not files:
+        files = [ImageFile(p, "") for p in sorted(root.iterdir()) if _is_image(p)]
+    if not files:
+        raise ImageFilesError(
+            f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)} in it and in its sub-folders)"
+        )
+    return files
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """One image as uint8 [H, W, 3], via PIL ``.convert('RGB')``."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageFilesError(f"cannot read image {path}: {err}") from err
+
+
+def iter_images(files: Sequence[ImageFile]) -> Iterator[np.ndarray]:
+    """Decode ``files`` in order."""
+    for f in files:
+        yield load_rgb(f.path)
