@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medfusion_jax.config import AutoencoderConfig, DiffusionConfig
 from medfusion_jax.models import VAE, Discriminator, UNet
+from medfusion_jax.run_folder import load_trained
 from medfusion_jax.training import loop
-from medfusion_jax.training.checkpointing import load_trained
-from medfusion_jax.training.config import AutoencoderConfig, DiffusionConfig
-from medfusion_jax.training.logging import read_metrics, read_tfrecords
+from medfusion_jax.training.logging import read_metrics
 from medfusion_jax.training.stages import run_autoencoder, run_diffusion
+from tests.tensorboard_events import read_events
 from train import autoencoder as ae_cli
 from train import diffusion as diffusion_cli
 
@@ -72,7 +73,9 @@ def test_autoencoder_loss_falls_and_run_is_reported(autoencoder_run):
     assert (autoencoder_run / "images" / "step_0000200.png").is_file()
     assert (autoencoder_run / "loss_curve.png").is_file()
     (events,) = autoencoder_run.glob("events.out.tfevents.*")
-    assert sum(1 for _ in read_tfrecords(events)) == 1 + 20 + 1  # version, 20 scalar records, 1 image
+    logged = read_events(events)
+    assert [step for step, _ in logged.scalars["train/loss"]] == list(range(10, 201, 10))  # every --log-every
+    assert [step for step, *_ in logged.images["reconstructions"]] == [200]
     saved = json.loads((autoencoder_run / "config.json").read_text())
     assert saved["pixel_loss"] == "mse" and saved["model"]["emb_channels"] == 4
 
