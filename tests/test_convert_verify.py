@@ -52,3 +52,28 @@ def test_cli_reports_each_output_and_fails_on_wrong_weights(tmp_path, capsys):
 def test_cli_names_a_missing_config(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 1
     assert "config.json" in capsys.readouterr().out
+
+
+def test_verify_refuses_a_golden_without_its_main_outputs(tmp_path, capsys):
+    broken = tmp_path / "disc_a"
+    shutil.copytree(GOLDENS / "disc_a", broken)
+    io = dict(np.load(broken / "io.npz"))
+    io = {k: v for k, v in io.items() if not k.startswith("logits")}
+    np.savez(broken / "io.npz", **io)
+    with pytest.raises(ValueError, match="lacks the main outputs.*logits"):
+        verify_folder(broken)
+    assert main(["verify", str(broken)]) == 1
+    assert "logits" in capsys.readouterr().out
+
+
+def test_trajectory_steps_are_each_checked_against_their_own_scale():
+    """An error of 1e-5 in a late step whose values are ~0.01 hides under a whole-trajectory scale of 10."""
+    from medfusion_jax.convert.verify import relative_error, step_relative_error
+
+    ref = np.stack([np.full((2, 3), 10.0), np.full((2, 3), 1.0), np.full((2, 3), 0.01)])
+    ours = ref.copy()
+    ours[2, 0, 0] += 1e-5
+    assert relative_error(ours, ref) < 1e-5  # the old, whole-array normalisation passes it
+    error, step = step_relative_error(ours, ref)
+    assert step == 2 and error == pytest.approx(1e-3)
+    assert step_relative_error(ours[:2], ref)[0] == float("inf")  # a shape mismatch never passes

@@ -4,6 +4,11 @@ A folder holds ``config.json`` (the reference class and its constructor kwargs),
 (PyTorch-layout weights) and ``io.npz`` (NCHW inputs and outputs). :func:`verify_folder` builds our
 module from the kwargs, loads the converted weights, replays the recorded inputs and noise, and returns
 one :class:`Comparison` per output it recomputes, with the error max|diff| / max(1, max|ref|).
+Sampling trajectories (``*_per_step``, DDIM ``step{i}`` outputs) are compared step by step, each step
+normalised by its own scale (max|diff_i| / max|ref_i|), so the early steps, whose values are large, are
+checked as tightly as the late ones; the line reports the worst step. A folder that lacks the main
+outputs of its class (:data:`MAIN_OUTPUTS`) is refused: a golden that compares nothing important must
+not pass.
 """
 
 from __future__ import annotations
@@ -41,13 +46,28 @@ class Comparison:
     name: str
     error: float
     tolerance: float
+    note: str = ""
 
     @property
     def ok(self) -> bool:
         return bool(np.isfinite(self.error)) and self.error <= self.tolerance
 
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<40s} err {self.error:.3e}  (tol {self.tolerance:.0e})"
+        line = f"{'ok  ' if self.ok else 'FAIL'} {self.name:<40s} err {self.error:.3e}  (tol {self.tolerance:.0e})"
+        return f"{line}  {self.note}" if self.note else line
+
+
+def step_relative_error(ours, ref) -> tuple[float, int]:
+    """(worst error, its step) over the leading axis, each step normalised by its own max|ref|."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape or ours.ndim == 0 or len(ours) == 0:
+        return float("inf"), -1
+    axes = tuple(range(1, ours.ndim))
+    diff = np.max(np.abs(ours - ref), axis=axes) if axes else np.abs(ours - ref)
+    scale = np.max(np.abs(ref), axis=axes) if axes else np.abs(ref)
+    errors = diff / np.maximum(scale, np.finfo(np.float64).tiny)
+    worst = int(np.argmax(errors))
+    return float(errors[worst]), worst
 
 
 def relative_error(ours, ref) -> float:
@@ -93,13 +113,23 @@ class _Collector:
 
     def check(self, name: str, compute: Callable[[], object], tol: float = OUTPUT_TOL) -> None:
         """Compare with ``name`` and with its float64 replicas (``name_f64``, ``name_f64_replay``)."""
+        for n, ours in self._recorded(name, compute):
+            self.results.append(Comparison(n, relative_error(ours, self.io[n]), tol))
+
+    def check_steps(self, name: str, compute: Callable[[], object], tol: float = OUTPUT_TOL) -> None:
+        """Like :meth:`check` for a [steps, ...] trajectory, every step against its own scale."""
+        for n, ours in self._recorded(name, compute):
+            error, step = step_relative_error(ours, self.io[n])
+            self.results.append(Comparison(n, error, tol, f"worst of {len(ours)} steps: {step}, per-step scale"))
+
+    def _recorded(self, name: str, compute: Callable[[], object]) -> list[tuple[str, np.ndarray]]:
+        """(recorded name, our NCHW value) for ``name`` and its replicas; computes only if one is recorded."""
         present = [n for n in (name, f"{name}_f64", f"{name}_f64_replay") if n in self.io]
         if not present:
-            return
+            return []
         ours = to_nchw(compute())
-        for n in present:
-            self.used.add(n)
-            self.results.append(Comparison(n, relative_error(ours, self.io[n]), tol))
+        self.used.update(present)
+        return [(n, ours) for n in present]
 
 
 def _load_module(folder: Path, config: dict) -> nnx.Module:
@@ -193,11 +223,12 @@ def _verify_scheduler(folder, config, c: _Collector):
     for variant, kwargs in config.get("variants", {}).items():
         schedule = _schedule_from(kwargs)
         for field in dataclasses.fields(schedule):
-            c.check(f"{variant}__{field.name}", lambda f=field.name: getattr(schedule, f), SCHEDULE_TOL)
-        c.check(f"{variant}__timesteps_array", lambda: np.arange(schedule.timesteps), SCHEDULE_TOL)
+            c.check(f"{variant}__{field.name}", lambda s=schedule, f=field.name: getattr(s, f), SCHEDULE_TOL)
+        c.check(f"{variant}__timesteps_array", lambda s=schedule: np.arange(s.timesteps), SCHEDULE_TOL)
     for name in list(c.io):
         if m := re.fullmatch(r"ddim_timesteps_(\d+)", name):
-            c.check(name, lambda n=int(m.group(1)): ddim_timesteps(n), SCHEDULE_TOL)
+            n = int(m.group(1))
+            c.check(name, lambda n=n: ddim_timesteps(n), SCHEDULE_TOL)
     paper = _schedule_from(config["variants"]["paper"]) if "paper" in config.get("variants", {}) else make_schedule()
     if c.has("q_sample_x0"):
         t = jnp.asarray(c.inp("q_sample_t"))
@@ -218,12 +249,12 @@ def _verify_ddim_step(folder, config, c: _Collector):
         noise = jnp.stack([to_nhwc(c.inp(f"{prefix}_ddim_noise_step{i}")) for i in range(steps - 1)])
         final, trace = ddim_sample(lambda x, t: eps, schedule, to_nhwc(c.inp("x_start")), num_steps=steps,
                                    clip_x0=clip, step_noise=noise, trace=True)
-        c.check(f"{prefix}_timesteps", lambda: ddim_timesteps(steps, schedule.timesteps), SCHEDULE_TOL)
-        for i in range(steps):
-            c.check(f"{prefix}_step{i}_x0", lambda i=i: trace["x0"][i])
+        c.check(f"{prefix}_timesteps", lambda n=steps: ddim_timesteps(n, schedule.timesteps), SCHEDULE_TOL)
+        for i in range(steps):  # one comparison per step: each against its own scale
+            c.check(f"{prefix}_step{i}_x0", lambda i=i, tr=trace: tr["x0"][i])
             if i > 0:
-                c.check(f"{prefix}_step{i}_input_x_t", lambda i=i: trace["x_t"][i])
-        c.check(f"{prefix}_final", lambda: final)
+                c.check(f"{prefix}_step{i}_input_x_t", lambda i=i, tr=trace: tr["x_t"][i])
+        c.check(f"{prefix}_final", lambda out=final: out)
 
 
 def _sibling_weights(folder: Path, config: dict) -> Path:
@@ -251,11 +282,12 @@ def _verify_sampling(folder, config, c: _Collector):
             guidance_scale=float(run["guidance_scale"]), clip_x0=clip, x_T=x_T,
             step_noise=to_nhwc(c.inp(p + "ddim_noise")), trace=True,
         )
-        c.check(p + "t_per_step", lambda: np.repeat(np.asarray(trace["t"])[:, None], x_T.shape[0], 1), SCHEDULE_TOL)
-        c.check(p + "x_t_per_step", lambda: trace["x_t"])
-        c.check(p + "x0_per_step", lambda: trace["x0"])
-        c.check(p + "eps_guided_per_step", lambda: trace["eps"])
-        c.check(p + "final", lambda: final)
+        n = x_T.shape[0]
+        c.check(p + "t_per_step", lambda tr=trace, n=n: np.repeat(np.asarray(tr["t"])[:, None], n, 1), SCHEDULE_TOL)
+        c.check_steps(p + "x_t_per_step", lambda tr=trace: tr["x_t"])
+        c.check_steps(p + "x0_per_step", lambda tr=trace: tr["x0"])
+        c.check_steps(p + "eps_guided_per_step", lambda tr=trace: tr["eps"])
+        c.check(p + "final", lambda out=final: out)
 
 
 def _verifier(config: dict):
@@ -274,6 +306,24 @@ def _verifier(config: dict):
     return table[short]
 
 
+#: Per verifier, groups of output names of which at least one must be compared (ignoring ``_f64`` replicas):
+#: what makes a golden of that class worth passing.
+MAIN_OUTPUTS: dict[Callable, tuple[tuple[str, ...], ...]] = {
+    _verify_vae: (("out",), ("z",), ("kl",), ("decode_of_mean",), ("rec_loss_L1", "rec_loss_MSE")),
+    _verify_discriminator: (("logits",),),
+    _verify_vaegan: (("generator_loss",), ("discriminator_loss",)),
+    _verify_unet: (("run0_pred",),),
+    _verify_scheduler: (("paper__alphas_cumprod", "default__alphas_cumprod"),),
+    _verify_ddim_step: (("noclip_final", "clip_final"),),
+    _verify_sampling: (("run0_final",), ("run0_x_t_per_step",)),
+}
+
+
+def missing_main_outputs(verifier: Callable, compared: set[str]) -> list[str]:
+    """The groups of :data:`MAIN_OUTPUTS` of which nothing was compared, as 'a or b' strings."""
+    return [" or ".join(group) for group in MAIN_OUTPUTS.get(verifier, ()) if not compared & set(group)]
+
+
 def verify_folder(folder: str | Path) -> tuple[list[Comparison], list[str]]:
     """(comparisons, recorded arrays that were not compared) for one golden folder."""
     folder = Path(folder)
@@ -284,9 +334,14 @@ def verify_folder(folder: str | Path) -> tuple[list[Comparison], list[str]]:
     with np.load(folder / "io.npz") as io_file:
         io = {k: io_file[k] for k in io_file.files}
     collector = _Collector(io)
+    verifier = _verifier(config)
     with jax.default_matmul_precision("highest"):
-        _verifier(config)(folder, config, collector)
+        verifier(folder, config, collector)
     if not collector.results:
         raise ValueError(f"{folder}: none of the recorded outputs could be compared")
+    missing = missing_main_outputs(verifier, {r.name for r in collector.results})
+    if missing:
+        raise ValueError(f"{folder}: io.npz lacks the main outputs of a {config.get('class', '?')} golden: "
+                         + "; ".join(missing))
     skipped = sorted(set(io) - collector.used)
     return collector.results, skipped
