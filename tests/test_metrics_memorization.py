@@ -105,6 +105,19 @@ def test_cli_writes_report_and_picture(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "tf.npz").is_file()
     assert "1 of 2 generated images (50.00%)" in capsys.readouterr().out
 
+    # The command is the library function's result: the same audit, from the cached training features.
+    from medfusion_jax.evaluation.features import InceptionFeatureExtractor
+    from medfusion_jax.evaluation.memorization import audit_folders
+
+    extractor = InceptionFeatureExtractor(batch_size=4)
+    result = audit_folders(tmp_path / "train", tmp_path / "gen", extractor=extractor, k=3,
+                           train_features_cache=tmp_path / "tf.npz", progress=False)
+    assert len(result.train_files) == 6 and len(result.generated_files) == 2
+    assert result.summary(0.9, None) == report
+    with pytest.raises(ValueError, match="does not hold features of the 2 images"):
+        audit_folders(tmp_path / "gen", tmp_path / "gen", extractor=extractor, train_features_cache=tmp_path / "tf.npz",
+                      progress=False)
+
 
 def test_cli_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
