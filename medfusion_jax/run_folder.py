@@ -131,8 +131,17 @@ def save_params(directory: str | Path, params: Any) -> None:
 
 
 def restore_params(directory: str | Path, abstract: Any) -> Any:
+    """Read a pytree of parameters written by :func:`save_params` or a training checkpoint.
+
+    Leaves of ``abstract`` without a sharding are restored onto this process's first device, whatever
+    devices the checkpoint was saved from: a run trained on 4 devices or 2 hosts loads in a one-device
+    process (Orbax would otherwise insist on the saved topology).
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None
+                          else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(directory).absolute(), abstract)
+        return checkpointer.restore(Path(directory).absolute(), target)
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, int]:

@@ -8,7 +8,8 @@ Order of operations (Grain ``MapDataset`` until the hand-over to worker processe
 
     range(len(source)) -> shuffle(seed), a new permutation each epoch -> repeat(num_epochs)
       -> tag each element with its position in this global stream
-      -> shard: this process takes positions shard_index, shard_index + shard_count, ...
+      -> shard: of every global batch (global_batch_size consecutive positions), process p takes the
+         p-th block of B consecutive positions
       -> load (decode, resize, crop) and flip, in `worker_count` processes (or in threads of
          this process), in chunks of consecutive images
       -> drop unreadable images (counted) -> batch, normalised to [-1, 1]
@@ -21,8 +22,12 @@ Properties:
   after the hand-over.
 * Shuffling: Grain's index shuffle, a seeded permutation per epoch (like the reference's seeded
   ``RandomSampler`` without replacement, not the same order).
-* Sharding: the processes together see each global batch of a single-process run (as shards of
-  it), hence every example exactly once per epoch.
+* Sharding: the processes together see each global batch of a single-process run, in its order:
+  process p's local batch is rows [p B, (p + 1) B) of the single-process batch, so the assembled
+  global batch (processes in order, as ``jax.make_array_from_process_local_data`` places them) is the
+  same array, row for row. Every example is seen exactly once per epoch. (An interleaved split,
+  positions p, p + P, ..., would see the same images per step in another row order, and everything
+  keyed by row, such as the posterior noise of the autoencoder, would differ from the one-process run.)
 * Resumption: :meth:`Loader.get_state` is ``{"position": elements consumed, "skipped": count}``
   (JSON, independent of the worker count); :meth:`Loader.set_state` restarts the stream at that
   position, so a resumed run sees exactly the batches an uninterrupted run would have seen.
@@ -289,6 +294,29 @@ class Loader(grain.DatasetIterator):
         return f"Loader({self._description})"
 
 
+class _BlockShard:
+    """Local element j of process p is global position (j // B) * B P + p B + j % B (B local batch, P processes).
+
+    A picklable index map (worker processes receive the dataset by pickling).
+    """
+
+    def __init__(self, stream: grain.MapDataset, local_batch: int, shard_index: int, shard_count: int):
+        self.stream, self.local_batch = stream, local_batch
+        self.shard_index, self.shard_count = shard_index, shard_count
+
+    def global_position(self, j: int) -> int:
+        batch, row = divmod(j, self.local_batch)
+        return (batch * self.shard_count + self.shard_index) * self.local_batch + row
+
+    def __len__(self) -> int:
+        total, block = len(self.stream), self.local_batch * self.shard_count
+        full, rest = divmod(total, block)
+        return full * self.local_batch + min(max(rest - self.shard_index * self.local_batch, 0), self.local_batch)
+
+    def __call__(self, j: int):
+        return self.stream[self.global_position(j)]
+
+
 def _parse_flips(flips: str | bool | None) -> str:
     if flips is True:
         return "hv"
@@ -357,7 +385,9 @@ def make_loader(
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     ds = ds.map_with_index(_with_position)
-    ds = ds[shard_index::shard_count]
+    if shard_count > 1:
+        shard = _BlockShard(ds, global_batch_size // shard_count, shard_index, shard_count)
+        ds = grain.MapDataset.range(len(shard)).map(shard)
     ds = ds.map(_Load(source, _parse_flips(flips), seed, strict))
     return Loader(
         ds,

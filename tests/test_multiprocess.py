@@ -1,0 +1,110 @@
+"""Training as a real multi-process job: 2 OS processes x 2 CPU devices (``jax.distributed``, gloo collectives)
+against 1 process x 4 devices, the same global batch (issue 14 item 1).
+
+Each process reads its shard of the data; the losses agree step for step (to 1e-5; measured 1.4e-7), the
+trained networks compute the same reconstructions (1e-5) and the parameters agree to 1e-4 of their own scale
+(measured 3.0e-5), except biases that a per-channel GroupNorm cancels (see the test). Before the shards
+were blocks of the global batch, the two runs saw the same images per step in another row order, and the
+autoencoder's posterior noise (keyed by row) made the losses drift apart from the second step on (9 % after
+6 steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from medfusion_jax.run_folder import load_trained
+from medfusion_jax.run_folder import split_params as _split
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+STEPS = 6
+FLAGS = ["--dataset", "phantom-cxr", "--image-size", "32", "--num-examples", "64", "--batch-size", "8",
+         "--steps", str(STEPS), "--log-every", "1", "--checkpoint-every", "1000", "--image-every", "0",
+         "--perceptual-weight", "0", "--hid-chs", "8,16,16", "--sync-checkpoints"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict[str, str]:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+                PYTHONPATH=str(ROOT))
+
+
+def _train(run_dir: Path, processes: int, devices: int) -> list[subprocess.CompletedProcess]:
+    args = [sys.executable, "-m", "train.autoencoder", *FLAGS, "--run-dir", str(run_dir)]
+    if processes == 1:
+        return [subprocess.run(args, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=600)]
+    port = _free_port()
+    procs = [subprocess.Popen([*args, "--coordinator-address", f"localhost:{port}", "--num-processes",
+                               str(processes), "--process-id", str(i)], cwd=ROOT, env=_env(devices),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    one, two = tmp_path_factory.mktemp("one_x4"), tmp_path_factory.mktemp("two_x2")
+    for run_dir, processes, devices in ((one, 1, 4), (two, 2, 2)):
+        for result in _train(run_dir, processes, devices):
+            assert result.returncode == 0, result.stderr[-3000:]
+    return one, two
+
+
+def test_two_processes_train_as_one(runs):
+    one, two = runs
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    assert worst < 1e-5, (a, b)
+    vae_one, vae_two = load_trained(one)[0]["vae"], load_trained(two)[0]["vae"]
+    # The trained function: reconstructions of a fixed batch (posterior mean decoded) agree.
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    out_one, out_two = (np.asarray(v.decode(v.posterior(x)[0]), np.float64) for v in (vae_one, vae_two))
+    assert np.max(np.abs(out_one - out_two)) <= 1e-5 * np.max(np.abs(out_one))
+    # Every parameter the loss depends on agrees to 1e-4 of its own scale (measured: 3.0e-5 at worst, a
+    # GroupNorm bias; kernels 1.7e-5). Exempt: conv biases right before a GroupNorm whose groups are single
+    # channels (8 channels, 8 groups): the normalisation cancels them, so their gradient is zero up to
+    # rounding, and Adam, which normalises that rounding noise, moves them by up to lr per step, differently
+    # in each device layout, without changing the function (checked above). They are held to that bound.
+    lr = 1e-3  # the phantom preset's autoencoder learning rate
+    exempt = 0
+    for (path, x1), x2 in zip(jax.tree_util.tree_leaves_with_path(_split(vae_one)[1]),
+                              jax.tree.leaves(_split(vae_two)[1]), strict=True):
+        x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
+        diff, scale = float(np.max(np.abs(x1 - x2))), float(np.max(np.abs(x1)))
+        if jax.tree_util.keystr(path).endswith("['basic_block']['conv']['bias']") and x1.shape == (8,):
+            exempt += 1
+            assert diff <= lr * STEPS, jax.tree_util.keystr(path)
+        else:
+            assert diff <= 1e-4 * scale, (jax.tree_util.keystr(path), diff / scale)
+    assert 0 < exempt <= 6
+
+
+def test_each_process_reads_only_its_shard(runs):
+    _, two = runs
+    # One checkpoint, written by both processes, holding one data-iterator state per process.
+    states = {p.name: json.loads(p.read_text()) for p in (two / "checkpoints" / str(STEPS) / "data").glob("process_*")}
+    assert sorted(states) == ["process_0-of-2.json", "process_1-of-2.json"], states
