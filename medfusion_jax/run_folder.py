@@ -29,6 +29,7 @@ from flax import nnx
 
 from medfusion_jax import config as config_lib
 from medfusion_jax.config import Config, GANConfig, UNetConfig, VAEConfig
+from medfusion_jax.mesh import make_mesh, replicated
 from medfusion_jax.models import VAE, Discriminator, UNet
 
 CONFIG_JSON = "config.json"
@@ -133,13 +134,14 @@ def save_params(directory: str | Path, params: Any) -> None:
 def restore_params(directory: str | Path, abstract: Any) -> Any:
     """Read a pytree of parameters written by :func:`save_params` or a training checkpoint.
 
-    Leaves of ``abstract`` without a sharding are restored onto this process's first device, whatever
-    devices the checkpoint was saved from: a run trained on 4 devices or 2 hosts loads in a one-device
-    process (Orbax would otherwise insist on the saved topology).
+    Leaves of ``abstract`` without a sharding are restored replicated over every device of this job,
+    whatever devices the checkpoint was saved from: a run trained on 4 devices or 2 hosts loads in a
+    one-device process (Orbax would otherwise insist on the saved topology), and the restored arrays sit
+    on the devices the job's computations use.
     """
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    everywhere = replicated(make_mesh())
     target = jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None
-                          else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+                          else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(Path(directory).absolute(), target)
 
