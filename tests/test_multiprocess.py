@@ -133,3 +133,35 @@ def test_latent_cache_built_by_two_processes_is_the_one_process_cache(runs, tmp_
     # which Adam normalises for near-zero gradients, shows (measured 4.6e-5 at step 2).
     assert a[1] == b[1]
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) < 1e-4, (a, b)
+
+
+def test_a_two_process_checkpoint_resumes_with_one_process(runs, tmp_path_factory):
+    """Item 2: a job saved by 2 processes continues with 1 at the same global data position: steps 7-8 equal
+    those of the one-process run resumed from its own step 6."""
+    import shutil
+
+    one, two = runs
+    resumed = {}
+    for name, src in (("from_one", one), ("from_two", two)):
+        run_dir = tmp_path_factory.mktemp(name) / "run"
+        shutil.copytree(src, run_dir)
+        flags = [f if f != str(STEPS) else str(STEPS + 2) for f in FLAGS]
+        (result,) = _train(run_dir, 1, 4, flags=flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        resumed[name] = _losses(run_dir)
+        if name == "from_two":
+            assert "written by 2 process(es), with 1" in result.stderr
+    a, b = resumed["from_one"], resumed["from_two"]
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 3))
+    assert max(abs(a[s] - b[s]) / abs(a[s]) for s in (STEPS + 1, STEPS + 2)) < 1e-5, (a, b)
+
+
+def test_data_state_conversion():
+    from medfusion_jax.training.checkpointing import convert_data_state
+
+    two = [{"position": 24, "skipped": 1}, {"position": 24, "skipped": 2}]
+    assert convert_data_state(two, 0, 1) == {"position": 48, "skipped": 3}
+    assert convert_data_state(two, 3, 4) == {"position": 12, "skipped": 0}
+    assert convert_data_state([{"batches": 7}, {"batches": 7}], 0, 1) == {"batches": 7}
+    with pytest.raises(ValueError, match="does not split over 5 processes"):
+        convert_data_state(two, 0, 5)
