@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import shlex
 import sys
 import time
@@ -48,7 +47,7 @@ from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
 from medfusion_jax.evaluation.feature_sets import FeatureSet, folder_feature_set, load_feature_set
 from medfusion_jax.evaluation.image_scores import ImageScores, score_per_class
 from medfusion_jax.evaluation.measurements import ClassMeasurement, compare_classes, measure
-from medfusion_jax.images import list_image_files, load_rgb, save_png, write_json_atomic
+from medfusion_jax.images import list_image_files, load_rgb, read_json, save_png, write_json_atomic
 
 # (defaults, --tiny) of every size knob.
 SIZES = {
@@ -136,20 +135,11 @@ class Stages:
         began = time.time()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.time() - began
-        write_json(self.timings_json, self.timings)
+        write_json_atomic(self.timings_json, self.timings)
 
     def elapsed(self) -> str:
         minutes, seconds = divmod(int(time.time() - self.start), 60)
         return f"{minutes}m{seconds:02d}s"
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, value)
 
 
 def dataset_images(args, split: str, count: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -238,7 +228,7 @@ def score_set(path: Path, real: FeatureSet, fake: FeatureSet, seed: int,
     (with ``provenance``: where the real side came from)."""
     if not path.is_file():
         rows = score_per_class(real, fake, seed=seed)
-        write_json(path, {**(provenance or {}), "rows": [r.to_dict() for r in rows]})
+        write_json_atomic(path, {**(provenance or {}), "rows": [r.to_dict() for r in rows]})
     rows = [ImageScores.from_dict(r) for r in read_json(path)["rows"]]
     overall = rows[0]
     print(f"{path.stem}: FID {overall.fid:.2f}, KID {overall.kid_mean:.4g} ± {overall.kid_std:.2g}, "
@@ -261,7 +251,7 @@ def _main(args) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     info = get_info(args.dataset)
-    write_json(out / "demo_args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+    write_json_atomic(out / "demo_args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     ae_dir, diff_dir, scores = out / "autoencoder", out / "diffusion", out / "scores"
     features = Features(scores / "features")
     data_flags = ["--dataset", args.dataset, "--image-size", str(args.image_size)]
@@ -305,7 +295,7 @@ def _main(args) -> int:
             export_images(recon_images, recon_labels, class_names, recon_folder)
         recon = features.of_images("reconstructions", recon_images, recon_labels, class_names)
         provenance = {"real": {"split": "test", "n": len(test_images), "first_index": 0}}
-        write_json(scores / "references.json", {
+        write_json_atomic(scores / "references.json", {
             **provenance,
             "real_reference": {"split": reference_split, "n": len(ref_images), "first_index": 0,
                                "overlaps_training": reference_split == "train"},
@@ -349,7 +339,7 @@ def _main(args) -> int:
             for name in ("generated", "real_reference", "real"):
                 rows = compare_classes(info, values[name], labels[name], values["real"], labels["real"])
                 result[name] = [r.to_dict() for r in rows]
-            write_json(measurements_json, result)
+            write_json_atomic(measurements_json, result)
     if measurements_json.is_file():
         for row in read_json(measurements_json)["generated"]:
             m = ClassMeasurement.from_dict(row)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.demo import read_json
 from medfusion_jax import plots
 from medfusion_jax.data import get_info
 from medfusion_jax.evaluation.image_scores import ImageScores
 from medfusion_jax.evaluation.measurements import ClassMeasurement
-from medfusion_jax.images import image_grid, list_image_files, load_rgb, save_png
+from medfusion_jax.images import image_grid, list_image_files, load_rgb, read_json, save_png
 from medfusion_jax.report import heading, images, table, text, write_report
 
 #: Within-class Wasserstein-1 target, as a fraction of the real values' standard deviation in the class
