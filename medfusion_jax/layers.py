@@ -1,4 +1,8 @@
-"""Building blocks of Medfusion's networks (spec section 3), in Flax NNX, channels-last (NHWC).
+"""Building blocks of Medfusion's networks (spec section 3), in Flax NNX, channels-last.
+
+One code path for images and volumes: every layer takes ``spatial_dims`` (2: N x H x W x C, 3:
+N x D x H x W x C), as the original builds every network through MONAI with ``spatial_dims``. The
+kernels are HWIO / DHWIO; GroupNorm, the residual blocks and the embeddings are the same in both.
 
 Every layer reproduces the PyTorch/MONAI original exactly:
 
@@ -36,26 +40,61 @@ def same_padding(kernel_size: int, stride: int) -> int:
     return (kernel_size - stride + 1) // 2
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _draw_bucketed(draw, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``draw(key, shape)`` computed as ``draw(key, (N,))[:n].reshape(shape)`` with N = n rounded up to a
+    power of two: the same numbers, with far fewer compilations.
 
-
-def nearest_exact_resize(x: jax.Array, height: int, width: int) -> jax.Array:
-    """``F.interpolate(mode='nearest-exact')`` on NHWC: output pixel i reads input floor((i + 0.5) * in / out).
-
-    An exact 2x upsampling duplicates each pixel; an exact halving picks the odd rows and columns.
+    Built eagerly, every parameter shape would compile its own random-number program (~0.3 s each on
+    a CPU: a small 3-D autoencoder took 12 s to construct). With JAX's partitionable Threefry (the
+    default since JAX 0.5) element i of a draw depends only on the key and i, so a longer draw's
+    prefix is the shorter draw, bit for bit; the tests check that. Otherwise the direct draw is used.
     """
-    in_h, in_w = x.shape[1], x.shape[2]
-    if height % in_h == 0 and width % in_w == 0:
-        # Integer upsampling: a broadcast is cheaper than a gather and gives the same result.
-        return jnp.repeat(jnp.repeat(x, height // in_h, axis=1), width // in_w, axis=2)
-    rows = np.minimum(np.floor((np.arange(height) + 0.5) * in_h / height).astype(np.int32), in_h - 1)
-    cols = np.minimum(np.floor((np.arange(width) + 0.5) * in_w / width).astype(np.int32), in_w - 1)
-    return x[:, rows][:, :, cols]
+    n = math.prod(shape)
+    if not jax.config.jax_threefry_partitionable or n == 0:
+        return draw(key, shape)
+    return draw(key, (1 << (n - 1).bit_length(),))[:n].reshape(shape)
 
 
-class Conv2d(nnx.Module):
-    """2-D convolution, NHWC input, HWIO kernel, symmetric padding (k - s + 1) // 2, with bias."""
+def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
+    return _draw_bucketed(lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound), key, shape)
+
+
+def spatial_layout(spatial_dims: int) -> str:
+    """'HW' or 'DHW': the axis letters of XLA's dimension numbers for 2 or 3 spatial dimensions."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), got {spatial_dims}")
+    return "DHW"[3 - spatial_dims:]
+
+
+def per_channel(v: jax.Array, spatial_dims: int) -> jax.Array:
+    """[B, C] -> [B, 1, ..., 1, C], broadcastable over a channels-last batch with ``spatial_dims`` axes."""
+    return v.reshape(v.shape[0], *(1,) * spatial_dims, v.shape[-1])
+
+
+def nearest_exact_resize(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
+    """``F.interpolate(mode='nearest-exact')`` on channels-last ``x`` to the spatial ``size`` (2 or 3 axes):
+    output index i of an axis reads input floor((i + 0.5) * in / out).
+
+    An exact 2x upsampling duplicates each pixel; an exact halving picks the odd rows and columns
+    (and slices, in 3-D).
+    """
+    size = tuple(int(n) for n in size)
+    if len(size) != x.ndim - 2:
+        raise ValueError(f"nearest_exact_resize: {len(size)} sizes for {x.ndim - 2} spatial axes")
+    for axis, out in enumerate(size, start=1):
+        n = x.shape[axis]
+        if out % n == 0:
+            # Integer upsampling: a broadcast is cheaper than a gather and gives the same result.
+            x = jnp.repeat(x, out // n, axis=axis)
+        else:
+            index = np.minimum(np.floor((np.arange(out) + 0.5) * n / out).astype(np.int32), n - 1)
+            x = jnp.take(x, index, axis=axis)
+    return x
+
+
+class Conv(nnx.Module):
+    """Convolution over 2 or 3 spatial axes, channels-last input, (D)HWIO kernel, symmetric padding
+    (k - s + 1) // 2 on every axis, with bias (MONAI's ``Convolution`` conv)."""
 
     def __init__(
         self,
@@ -64,16 +103,18 @@ class Conv2d(nnx.Module):
         kernel_size: int,
         stride: int = 1,
         *,
+        spatial_dims: int = 2,
         zero_init: bool = False,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        shape = (kernel_size, kernel_size, in_channels, out_channels)
+        self.layout = spatial_layout(spatial_dims)
+        shape = (kernel_size,) * spatial_dims + (in_channels, out_channels)
         if zero_init:
             kernel = jnp.zeros(shape, jnp.float32)
             bias = jnp.zeros((out_channels,), jnp.float32)
         else:
-            bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+            bound = 1.0 / math.sqrt(in_channels * kernel_size**spatial_dims)
             kernel = _uniform(rngs.params(), shape, bound)
             bias = _uniform(rngs.params(), (out_channels,), bound)
         self.kernel = nnx.Param(kernel)
@@ -91,13 +132,13 @@ class Conv2d(nnx.Module):
 
     def without_bias(self, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
         """The convolution alone; the caller adds ``self.bias`` (see :func:`group_norm_silu`)."""
-        p = self.padding
+        p, n = self.padding, len(self.layout)
         return jax.lax.conv_general_dilated(
             x.astype(self.dtype),
             (self.kernel[...] if kernel is None else kernel).astype(self.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            window_strides=(self.stride,) * n,
+            padding=((p, p),) * n,
+            dimension_numbers=(f"N{self.layout}C", f"{self.layout}IO", f"N{self.layout}C"),
         )
 
 
@@ -118,14 +159,16 @@ class Embedding(nnx.Module):
     """``torch.nn.Embedding``: a lookup table initialised N(0, 1)."""
 
     def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(jax.random.normal(rngs.params(), (num_embeddings, features), jnp.float32))
+        self.embedding = nnx.Param(_draw_bucketed(lambda k, s: jax.random.normal(k, s, jnp.float32), rngs.params(),
+                                                  (num_embeddings, features)))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0)
 
 
 class GroupNorm(nnx.Module):
-    """``torch.nn.GroupNorm(groups, C, eps=1e-5, affine=True)`` on NHWC; contiguous channel groups."""
+    """``torch.nn.GroupNorm(groups, C, eps=1e-5, affine=True)`` channels-last (any number of spatial
+    axes); contiguous channel groups."""
 
     def __init__(self, num_channels: int, num_groups: int, *, eps: float = 1e-5, dtype: Dtype = jnp.float32):
         if num_channels % num_groups:
@@ -143,20 +186,21 @@ class GroupNorm(nnx.Module):
 
 
 def _spatial_sums(x: jax.Array) -> jax.Array:
-    """Sums over H and W of an NHWC array, in float32: [B, C].
+    """Sums over the spatial axes of a channels-last array, in float32: [B, C].
 
     On the CPU as a batched matrix-vector product: XLA:CPU reduces over non-minor dimensions an
     order of magnitude more slowly than its matrix kernels run (and a reduction it can fuse into
     would recompute the whole GroupNorm backward inside that slow loop). Elsewhere a plain sum,
     which XLA fuses with the producer.
     """
-    b, h, w, c = x.shape
+    b, c = x.shape[0], x.shape[-1]
+    p = math.prod(x.shape[1:-1])
 
     def as_product(x):
-        return jnp.einsum("bp,bpc->bc", jnp.ones((b, h * w), jnp.float32), x.reshape(b, h * w, c).astype(jnp.float32))
+        return jnp.einsum("bp,bpc->bc", jnp.ones((b, p), jnp.float32), x.reshape(b, p, c).astype(jnp.float32))
 
     def as_reduction(x):
-        return jnp.sum(x.astype(jnp.float32), axis=(1, 2))
+        return jnp.sum(x.astype(jnp.float32), axis=tuple(range(1, x.ndim - 1)))
 
     return jax.lax.platform_dependent(x, cpu=as_product, default=as_reduction)
 
@@ -175,16 +219,17 @@ def _group_norm_affine(y, bias, scale, beta, num_groups, eps):
     xhat = y * norm_mul + norm_add, so that every full-size pass is one multiply-add per element.
     Returns (z, (norm_mul, norm_add, y_sums)).
     """
-    b, h, w, c = y.shape
-    count = h * w * (c // num_groups)
+    nd, c = y.ndim - 2, y.shape[-1]
+    pixels = math.prod(y.shape[1:-1])
+    count = pixels * (c // num_groups)
     y = y.astype(jnp.float32)
     y_sums = _spatial_sums(y)                                                  # [B, C]
-    shift = bias - _group_means(y_sums + (h * w) * bias, num_groups, count)    # x - mean = y + shift
+    shift = bias - _group_means(y_sums + pixels * bias, num_groups, count)     # x - mean = y + shift
     # Two-pass variance like PyTorch: E[(x - mean)^2], not E[x^2] - E[x]^2.
-    var = _group_means(_spatial_sums(jnp.square(y + shift[:, None, None])), num_groups, count)
+    var = _group_means(_spatial_sums(jnp.square(y + per_channel(shift, nd))), num_groups, count)
     norm_mul = jax.lax.rsqrt(var + eps)                                        # [B, C]
     norm_add = shift * norm_mul
-    z = y * (norm_mul * scale)[:, None, None] + (norm_add * scale + beta)[:, None, None]
+    z = y * per_channel(norm_mul * scale, nd) + per_channel(norm_add * scale + beta, nd)
     return z, (norm_mul, norm_add, y_sums)
 
 
@@ -194,7 +239,7 @@ def group_norm_silu(y: jax.Array, bias: jax.Array, scale: jax.Array, beta: jax.A
     """``silu(GroupNorm(y + bias))``: a convolution's bias, GroupNorm (scale, beta) and Swish in one op.
 
     The same values as ``conv + bias -> GroupNorm -> silu``, with a hand-written backward pass: it
-    needs only per-(image, channel) sums over H, W of two products, and gets the bias gradient from
+    needs only per-(image, channel) sums over the spatial axes of two products, and gets the bias gradient from
     them and the forward's channel sums instead of reducing the full input gradient again. XLA's
     own derivative recomputes the normalisation inside several reductions to per-channel vectors,
     which XLA:CPU runs slowly (~40% of a 32x32x64 conv-GroupNorm-Swish block's training step).
@@ -209,11 +254,11 @@ def _group_norm_silu_fwd(y, bias, scale, beta, num_groups, eps, dtype):
 
 def _group_norm_silu_bwd(num_groups, eps, dtype, residuals, grad_out):
     y, bias, scale, beta, (norm_mul, norm_add, y_sums) = residuals
-    b, h, w, c = y.shape
-    count = h * w * (c // num_groups)
+    pixels = math.prod(y.shape[1:-1])
+    count = pixels * (y.shape[-1] // num_groups)
 
-    def full(v):  # [B, C] -> broadcastable over [B, H, W, C]
-        return v[:, None, None]
+    def full(v):  # [B, C] -> broadcastable over [B, (D,) H, W, C]
+        return per_channel(v, y.ndim - 2)
 
     y32 = y.astype(jnp.float32)
     xhat = y32 * full(norm_mul) + full(norm_add)
@@ -230,9 +275,9 @@ def _group_norm_silu_bwd(num_groups, eps, dtype, residuals, grad_out):
     coef_xhat = -norm_mul * _group_means(sum_grad_xhat * scale, num_groups, count)
     constant = -norm_mul * _group_means(sum_grad * scale, num_groups, count)
     grad_x = grad_z * full(coef_grad) + y32 * full(norm_mul * coef_xhat) + full(norm_add * coef_xhat + constant)
-    # The bias gradient sums grad_x over B, H, W; the sums of xhat over H, W follow from the forward's.
-    sum_xhat = y_sums * norm_mul + (h * w) * norm_add
-    grad_bias = jnp.sum(coef_grad * sum_grad + coef_xhat * sum_xhat + constant * (h * w), axis=0)
+    # The bias gradient sums grad_x over B and space; the spatial sums of xhat follow from the forward's.
+    sum_xhat = y_sums * norm_mul + pixels * norm_add
+    grad_bias = jnp.sum(coef_grad * sum_grad + coef_xhat * sum_xhat + constant * pixels, axis=0)
     return (grad_x.astype(y.dtype), grad_bias.astype(bias.dtype),
             jnp.sum(sum_grad_xhat, axis=0).astype(scale.dtype), jnp.sum(sum_grad, axis=0).astype(beta.dtype))
 
@@ -253,10 +298,12 @@ class BasicBlock(nnx.Module):
         norm_groups: int | None = None,
         act: bool = False,
         zero_conv: bool = False,
+        spatial_dims: int = 2,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, zero_init=zero_conv, dtype=dtype, rngs=rngs)
+        self.conv = Conv(in_channels, out_channels, kernel_size, stride, spatial_dims=spatial_dims, zero_init=zero_conv,
+                         dtype=dtype, rngs=rngs)
         self.norm = GroupNorm(out_channels, norm_groups, dtype=dtype) if norm_groups else None
         self.act = act
 
@@ -287,15 +334,16 @@ class BasicResBlock(nnx.Module):
         *,
         norm_groups: int,
         zero_conv: bool = False,
+        spatial_dims: int = 2,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.basic_block = BasicBlock(
             in_channels, out_channels, kernel_size, stride,
-            norm_groups=norm_groups, act=True, zero_conv=zero_conv, dtype=dtype, rngs=rngs,
+            norm_groups=norm_groups, act=True, zero_conv=zero_conv, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs,
         )
         self.conv_res = (
-            Conv2d(in_channels, out_channels, 1, stride, dtype=dtype, rngs=rngs)
+            Conv(in_channels, out_channels, 1, stride, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
             if in_channels != out_channels else None
         )
 
@@ -307,7 +355,8 @@ class BasicResBlock(nnx.Module):
 class UnetResBlock(nnx.Module):
     """Two BasicResBlocks (in->out, out->out); the second conv starts at zero.
 
-    With an embedding e, Linear(Swish(e)) is added (broadcast over H, W) after the first sub-block only.
+    With an embedding e, Linear(Swish(e)) is added (broadcast over the spatial axes) after the first
+    sub-block only.
     """
 
     def __init__(
@@ -319,23 +368,21 @@ class UnetResBlock(nnx.Module):
         *,
         norm_groups: int,
         emb_channels: int | None = None,
+        spatial_dims: int = 2,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        kw = dict(norm_groups=norm_groups, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
         self.block_seq = nnx.List([
-            BasicResBlock(in_channels, out_channels, kernel_size, stride, norm_groups=norm_groups, dtype=dtype,
-                          rngs=rngs),
-            BasicResBlock(
-                out_channels, out_channels, kernel_size, 1,
-                norm_groups=norm_groups, zero_conv=True, dtype=dtype, rngs=rngs,
-            ),
+            BasicResBlock(in_channels, out_channels, kernel_size, stride, **kw),
+            BasicResBlock(out_channels, out_channels, kernel_size, 1, zero_conv=True, **kw),
         ])
         self.local_embedder = Linear(emb_channels, out_channels, dtype=dtype, rngs=rngs) if emb_channels else None
 
     def __call__(self, x: jax.Array, emb: jax.Array | None = None) -> jax.Array:
         h = self.block_seq[0](x)
         if emb is not None and self.local_embedder is not None:
-            h = h + self.local_embedder(jax.nn.silu(emb))[:, None, None, :]
+            h = h + per_channel(self.local_embedder(jax.nn.silu(emb)), h.ndim - 2)
         return self.block_seq[1](h)
 
 
@@ -343,8 +390,9 @@ class BasicDown(nnx.Module):
     """Learnable downsampling: a plain strided conv k/s/p (no norm, no activation)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
-                 dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-        self.down_op = Conv2d(in_channels, out_channels, kernel_size, stride, dtype=dtype, rngs=rngs)
+                 spatial_dims: int = 2, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+        self.down_op = Conv(in_channels, out_channels, kernel_size, stride, spatial_dims=spatial_dims, dtype=dtype,
+                            rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.down_op(x)
@@ -352,30 +400,45 @@ class BasicDown(nnx.Module):
 
 # After a 2x pixel duplication, output row 2i reads duplicated rows 2i-1, 2i, 2i+1 = input rows i-1, i, i,
 # and output row 2i+1 reads input rows i, i, i+1: per phase, a 2-tap kernel over input rows (i-1, i) or
-# (i, i+1) whose taps sum the 3 original ones: [phase, tap, original tap].
+# (i, i+1) whose taps sum the 3 original ones: [phase, tap, original tap]. The same holds on every axis.
 _PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
 
 
 def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``conv3x3(nearest_2x(x), kernel)`` (zero padding 1, no bias) without making the upsampled image.
+    """``conv3x3(nearest_2x(x), kernel)`` (zero padding 1, no bias) without making the upsampled input,
+    for 2 or 3 spatial axes (kernel HWIO or DHWIO).
 
-    Each of the four output phases (even/odd row, even/odd column) is a 2x2 convolution of the input
-    with summed taps: the same linear map with 4/9 of the multiplications, and no full-resolution
-    input for the backward pass to transpose. The four phases are one convolution with 4x the
-    output channels over the padded input; phase (p, q) of output pixel (i, j) is at (i + p, j + q).
+    Each of the 2^n output phases (even/odd index on each axis) is a 2x..x2 convolution of the input
+    with summed taps: the same linear map with (4/9 in 2-D, 8/27 in 3-D) of the multiplications, and no
+    full-resolution input for the backward pass to transpose. The phases are one convolution with
+    2^n times the output channels over the padded input; phase (p, q) of output pixel (i, j) is at
+    (i + p, j + q).
     """
-    b, h, w, _ = x.shape
-    ci, co = kernel.shape[2:]
-    # [2, 2, Ci, (p, q, Co)]; taps summed in the kernel's dtype, then cast like x.
-    combined = jnp.einsum("prk,qsl,klio->rsipqo", _PHASE_TAPS, _PHASE_TAPS, kernel).reshape(2, 2, ci, 4 * co)
+    nd = x.ndim - 2
+    layout = spatial_layout(nd)
+    spatial = x.shape[1:-1]
+    ci, co = kernel.shape[-2:]
+    # [2]*n taps, Ci, [2]*n phases, Co; taps summed in the kernel's dtype, then cast like x.
+    # 2-D: "pra,qsb,abio->rsipqo" (phase p/q, tap r/s, original tap a/b).
+    phase, tap, orig = "pqt"[:nd], "rsu"[:nd], "abc"[:nd]
+    spec = ",".join(f"{phase[i]}{tap[i]}{orig[i]}" for i in range(nd)) + f",{orig}io->{tap}i{phase}o"
+    combined = jnp.einsum(spec, *([_PHASE_TAPS] * nd), kernel).reshape((2,) * nd + (ci, 2**nd * co))
     # Padded explicitly: XLA:CPU's weight gradient of a padded 2x2 convolution takes a ~100x slower path.
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = jax.lax.conv_general_dilated(padded, combined.astype(x.dtype), (1, 1), "VALID",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [B, H + 1, W + 1, 4 Co]
-    phases = [out[:, p:p + h, q:q + w, (2 * p + q) * co:(2 * p + q + 1) * co] for p in (0, 1) for q in (0, 1)]
-    # [B, H, 2 (p), W, 2 (q), Co] -> [B, 2H, 2W, Co]
-    interleaved = jnp.stack([jnp.stack(phases[2 * p:2 * p + 2], axis=3) for p in (0, 1)], axis=2)
-    return interleaved.reshape(b, 2 * h, 2 * w, co)
+    padded = jnp.pad(x, ((0, 0),) + ((1, 1),) * nd + ((0, 0),))
+    out = jax.lax.conv_general_dilated(padded, combined.astype(x.dtype), (1,) * nd, "VALID",
+                                       dimension_numbers=(f"N{layout}C", f"{layout}IO", f"N{layout}C"))
+    # out: [B, n1 + 1, ..., 2^n Co]; phase (p1..pn) is the slice starting at (p1..pn), channel block
+    # p1..pn read as a binary number.
+    phases = []
+    for index in np.ndindex(*(2,) * nd):
+        k = int(np.ravel_multi_index(index, (2,) * nd))
+        starts = (0,) + index + (k * co,)
+        phases.append(jax.lax.slice(out, starts, tuple(a + b for a, b in zip(starts, (x.shape[0],) + spatial + (co,),
+                                                                                   strict=True))))
+    # Phases stacked [B, n1, .., nn, 2, .., 2, Co] -> [B, n1, 2, n2, 2, .., Co] -> [B, 2 n1, 2 n2, .., Co].
+    stacked = jnp.stack(phases, axis=-2).reshape(out.shape[:1] + spatial + (2,) * nd + (co,))
+    order = [0] + [a for i in range(nd) for a in (1 + i, nd + 1 + i)] + [2 * nd + 1]
+    return stacked.transpose(order).reshape((x.shape[0],) + tuple(2 * n for n in spatial) + (co,))
 
 
 class BasicUp(nnx.Module):
@@ -389,10 +452,11 @@ class BasicUp(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
-                 dtype: Dtype = jnp.float32, phase_convolutions: bool = True, rngs: nnx.Rngs):
+                 spatial_dims: int = 2, dtype: Dtype = jnp.float32, phase_convolutions: bool = True,
+                 rngs: nnx.Rngs):
         self.kernel_size = kernel_size
         self.stride = stride
-        self.up_op = Conv2d(in_channels, out_channels, 3, 1, dtype=dtype, rngs=rngs)
+        self.up_op = Conv(in_channels, out_channels, 3, 1, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
         self.phase_convolutions = phase_convolutions
 
     def output_size(self, n: int) -> int:
@@ -402,7 +466,7 @@ class BasicUp(nnx.Module):
         if self.phase_convolutions and self.kernel_size == self.stride == 2:
             conv = self.up_op
             return upsample2x_conv3x3(x.astype(conv.dtype), conv.kernel[...]) + conv.bias[...].astype(conv.dtype)
-        x = nearest_exact_resize(x, self.output_size(x.shape[1]), self.output_size(x.shape[2]))
+        x = nearest_exact_resize(x, tuple(self.output_size(n) for n in x.shape[1:-1]))
         return self.up_op(x)
 
 
@@ -415,15 +479,18 @@ def check_attention(use_attention: str) -> None:
         )
 
 
-def check_image(x: jax.Array, channels: int, divisor: int, what: str) -> None:
-    """Raise a ValueError that says what was expected when ``x`` is not N x H x W x channels."""
-    if x.ndim != 4:
-        raise ValueError(f"{what}: expected a 4-D NHWC batch, got shape {tuple(x.shape)}")
-    _, h, w, c = x.shape
-    if c != channels:
-        raise ValueError(f"{what}: expected {channels} channels (NHWC, last axis), got shape {tuple(x.shape)}")
-    if h % divisor or w % divisor:
+def check_image(x: jax.Array, channels: int, divisor: int, what: str, spatial_dims: int = 2) -> None:
+    """Raise a ValueError that says what was expected when ``x`` is not N x (D x) H x W x channels."""
+    layout = "N" + spatial_layout(spatial_dims) + "C"
+    kind = "image" if spatial_dims == 2 else "volume"
+    if x.ndim != spatial_dims + 2:
         raise ValueError(
-            f"{what}: height and width must be divisible by {divisor} (the total downsampling), "
-            f"got {h}x{w}"
+            f"{what}: expected a {spatial_dims + 2}-D {layout} batch ({kind}s), got shape {tuple(x.shape)}")
+    if x.shape[-1] != channels:
+        raise ValueError(f"{what}: expected {channels} channels ({layout}, last axis), got shape {tuple(x.shape)}")
+    spatial = x.shape[1:-1]
+    if any(n % divisor for n in spatial):
+        raise ValueError(
+            f"{what}: every spatial size must be divisible by {divisor} (the total downsampling), "
+            f"got {'x'.join(str(n) for n in spatial)}"
         )

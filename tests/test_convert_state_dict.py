@@ -51,8 +51,8 @@ def test_mismatch_names_every_missing_unexpected_and_misshaped_key():
 
 
 def test_unsupported_reference_options_are_named():
-    with pytest.raises(ValueError, match="spatial_dims=2"):
-        build_from_reference("UNet", {"in_ch": 4, "out_ch": 4})  # class default spatial_dims=3
+    with pytest.raises(ValueError, match="spatial_dims=1 is not supported"):
+        build_from_reference("VAE", {"spatial_dims": 1})
     with pytest.raises(ValueError, match="use_attention='linear'"):
         build_from_reference("VAE", {"use_attention": "linear", "hid_chs": [8, 8, 8, 8]})
     with pytest.raises(ValueError, match=r"unsupported constructor arguments \['bogus'\]"):

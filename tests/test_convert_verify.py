@@ -13,7 +13,8 @@ FOLDERS = sorted(p.name for p in GOLDENS.iterdir() if (p / "config.json").exists
 
 
 def test_all_golden_folders_are_present():
-    assert set(FOLDERS) >= {"vae_a", "disc_a", "vaegan_a", "unet_a", "scheduler", "ddim_step", "sampling_unet_a"}
+    assert set(FOLDERS) >= {"vae_a", "disc_a", "vaegan_a", "unet_a", "scheduler", "ddim_step", "sampling_unet_a",
+                            "vae3d_a", "disc3d_a", "unet3d_a"}
 
 
 @pytest.mark.parametrize("name", FOLDERS)
@@ -31,6 +32,11 @@ def test_golden_within_tolerance(name):
         "scheduler": {"paper__alphas_cumprod", "ddim_timesteps_150", "q_sample_x_t"},
         "ddim_step": {"noclip_final", "clip_final"},
         "sampling_unet_a": {"run0_final", "run1_final", "run2_final", "run0_eps_guided_per_step"},
+        # Volumes (spatial_dims=3): the same classes and keys, with 3-D SSIM and the nearest-exact 3-D target.
+        "vae3d_a": {"out", "out_hor_0", "kl", "z", "decode_of_mean", "rec_loss_L1", "total_loss_MSE",
+                    "ssim_loss_per_image_out", "ssim_loss_per_image_hor_0", "target_hor_0_nearest_exact"},
+        "disc3d_a": {"logits", "hinge_d_loss", "gen_adv_loss_sum"},
+        "unet3d_a": {"run0_pred", "run1_pred", "run2_pred"},
     }[name]
     assert expected <= compared
 

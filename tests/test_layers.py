@@ -1,5 +1,7 @@
 """Layers against direct numpy formulas of the PyTorch semantics."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +10,9 @@ from flax import nnx
 from medfusion_jax.layers import (
     BasicBlock,
     BasicUp,
-    Conv2d,
+    Conv,
     GroupNorm,
+    _draw_bucketed,
     group_norm_silu,
     nearest_exact_resize,
     same_padding,
@@ -33,7 +36,7 @@ def numpy_conv_nchw(x, w, b, stride, pad):
 
 def test_strided_conv_pads_symmetrically_like_pytorch():
     assert [same_padding(k, s) for k, s in [(3, 1), (3, 2), (1, 1), (1, 2)]] == [1, 1, 0, 0]
-    conv = Conv2d(3, 5, 3, 2, rngs=nnx.Rngs(0))
+    conv = Conv(3, 5, 3, 2, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
     ours = conv(jnp.asarray(x.transpose(0, 2, 3, 1)))
     w = np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)
@@ -55,28 +58,29 @@ def test_group_norm_matches_torch_formula():
 
 def test_nearest_exact_duplicates_when_upsampling_and_picks_odd_pixels_when_halving():
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
-    up = nearest_exact_resize(x, 8, 8)
+    up = nearest_exact_resize(x, (8, 8))
     np.testing.assert_array_equal(up[0, ::2, ::2, 0], x[0, :, :, 0])
     np.testing.assert_array_equal(up[0, 1::2, 1::2, 0], x[0, :, :, 0])
-    down = nearest_exact_resize(x, 2, 2)
+    down = nearest_exact_resize(x, (2, 2))
     np.testing.assert_array_equal(down[0, :, :, 0], x[0, 1::2, 1::2, 0])
     # A non-integer ratio uses floor((i + 0.5) * in / out).
-    np.testing.assert_array_equal(nearest_exact_resize(jnp.arange(5.0).reshape(1, 5, 1, 1), 3, 1)[0, :, 0, 0],
+    np.testing.assert_array_equal(nearest_exact_resize(jnp.arange(5.0).reshape(1, 5, 1, 1), (3, 1))[0, :, 0, 0],
                                   jnp.array([0.0, 2.0, 4.0]))
 
 
 def _conv_bias_group_norm_silu(y, bias, scale, beta, groups=8, eps=1e-5):
     """The unfused composition (bias add, GroupNorm as torch's formula, Swish), differentiated by JAX."""
-    b, h, w, c = y.shape
-    xg = (y + bias).reshape(b, h, w, groups, c // groups)
-    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
-    var = jnp.square(xg - mean).mean(axis=(1, 2, 4), keepdims=True)
-    return jax.nn.silu(((xg - mean) / jnp.sqrt(var + eps)).reshape(b, h, w, c) * scale + beta)
+    c = y.shape[-1]
+    xg = (y + bias).reshape(*y.shape[:-1], groups, c // groups)
+    axes = tuple(range(1, y.ndim - 1)) + (y.ndim,)  # space and the channels within a group
+    mean = xg.mean(axis=axes, keepdims=True)
+    var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
+    return jax.nn.silu(((xg - mean) / jnp.sqrt(var + eps)).reshape(y.shape) * scale + beta)
 
 
 def test_fused_group_norm_silu_matches_the_composition_and_its_gradients():
     rng = np.random.default_rng(3)
-    for shape in [(2, 6, 5, 16), (3, 4, 4, 32)]:
+    for shape in [(2, 6, 5, 16), (3, 4, 4, 32), (2, 3, 4, 5, 16)]:  # images and a volume
         c = shape[-1]
         # A large common offset: a one-pass variance would lose most of its digits here.
         y = jnp.asarray(rng.normal(50.0, 2.0, size=shape).astype(np.float32))
@@ -132,7 +136,7 @@ def test_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradients
         return jnp.sum(upsample2x_conv3x3(x, kernel) * weights)
 
     def literal_loss(x, kernel):
-        y = jax.lax.conv_general_dilated(nearest_exact_resize(x, 10, 14), kernel, (1, 1), ((1, 1), (1, 1)),
+        y = jax.lax.conv_general_dilated(nearest_exact_resize(x, (10, 14)), kernel, (1, 1), ((1, 1), (1, 1)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jnp.sum(y * weights)
 
@@ -140,3 +144,65 @@ def test_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradients
     grads = jax.grad(phase_loss, argnums=(0, 1))(x, kernel), jax.grad(literal_loss, argnums=(0, 1))(x, kernel)
     for a, b in zip(*grads, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def numpy_conv3d_ncdhw(x, w, b, stride, pad):
+    """Direct PyTorch-semantics 3-D conv (NCDHW, OIDHW, symmetric zero padding)."""
+    x = np.pad(x, ((0, 0), (0, 0)) + ((pad, pad),) * 3)
+    k = w.shape[-1]
+    out_size = [(n - k) // stride + 1 for n in x.shape[2:]]
+    out = np.zeros((x.shape[0], w.shape[0], *out_size))
+    for i, j, m in np.ndindex(*out_size):
+        patch = x[:, :, i * stride:i * stride + k, j * stride:j * stride + k, m * stride:m * stride + k]
+        out[:, :, i, j, m] = np.einsum("ncdhw,ocdhw->no", patch, w)
+    return out + b[:, None, None, None]
+
+
+def test_3d_strided_conv_pads_symmetrically_like_pytorch():
+    conv = Conv(2, 3, 3, 2, spatial_dims=3, rngs=nnx.Rngs(0))
+    assert conv.kernel.shape == (3, 3, 3, 2, 3)
+    x = np.random.default_rng(0).normal(size=(2, 2, 6, 4, 8)).astype(np.float32)
+    ours = conv(jnp.asarray(np.moveaxis(x, 1, -1)))
+    ref = numpy_conv3d_ncdhw(x, np.asarray(conv.kernel[...]).transpose(4, 3, 0, 1, 2), np.asarray(conv.bias[...]), 2, 1)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(ours), -1, 1), ref, atol=1e-5)
+
+
+def test_3d_nearest_exact_resize_indexes_every_axis():
+    x = jnp.arange(4 * 6 * 5.0).reshape(1, 4, 6, 5, 1)
+    out = nearest_exact_resize(x, (2, 3, 10))
+    d, h, w = (np.floor((np.arange(n) + 0.5) * m / n).astype(int) for n, m in ((2, 4), (3, 6), (10, 5)))
+    np.testing.assert_array_equal(out[0, ..., 0], np.asarray(x)[0, ..., 0][np.ix_(d, h, w)])
+
+
+def test_3d_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradients():
+    up = BasicUp(3, 4, 2, 2, spatial_dims=3, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 3, 4, 5, 3)).astype(np.float32))
+    phased = up(x)
+    up.phase_convolutions = False
+    literal = up(x)
+    assert phased.shape == literal.shape == (2, 6, 8, 10, 4)
+    np.testing.assert_allclose(phased, literal, atol=1e-5)
+    weights = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 8, 10, 4)).astype(np.float32))
+
+    def loss(phase, x, kernel):
+        if phase:
+            return jnp.sum(upsample2x_conv3x3(x, kernel) * weights)
+        y = jax.lax.conv_general_dilated(nearest_exact_resize(x, (6, 8, 10)), kernel, (1, 1, 1), ((1, 1),) * 3,
+                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return jnp.sum(y * weights)
+
+    kernel = up.up_op.kernel[...]
+    grads = [jax.grad(partial(loss, phase), argnums=(0, 1))(x, kernel) for phase in (True, False)]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_bucketed_initial_draws_equal_the_direct_draws_bit_for_bit():
+    """Parameters are drawn as a prefix of a power-of-two-long draw (one compilation per length bucket);
+    with JAX's partitionable Threefry that is the same numbers as drawing the parameter's own shape."""
+    assert jax.config.jax_threefry_partitionable  # else the layers draw directly (and this test is moot)
+    key = jax.random.key(7)
+    for shape in [(3, 3, 8, 16), (16,), (2, 1000), (3, 3, 3, 5, 7)]:
+        for draw in (lambda k, s: jax.random.uniform(k, s, jnp.float32, -0.2, 0.2),
+                     lambda k, s: jax.random.normal(k, s, jnp.float32)):
+            np.testing.assert_array_equal(_draw_bucketed(draw, key, shape), draw(key, shape))

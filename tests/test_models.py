@@ -144,3 +144,58 @@ def test_condition_mask_equals_separate_passes():
     np.testing.assert_allclose(mixed[:1], unet(x[:1], t[:1], labels[:1]), atol=1e-5)
     np.testing.assert_allclose(mixed[1:], unet(x[1:], t[1:], None), atol=1e-5)
     assert not np.allclose(unet(x[1:], t[1:], labels[1:]), unet(x[1:], t[1:], None), atol=1e-4)
+
+
+# -- volumes (spatial_dims=3): the same networks, one code path ------------------------------------------
+
+@pytest.mark.parametrize("golden", ["vae3d_a", "disc3d_a", "unet3d_a"])
+def test_3d_parameter_count_equals_the_pytorch_reference(golden):
+    """n_params recorded by the PyTorch original (goldens' config.json) for its 3-D networks."""
+    import json
+
+    from medfusion_jax.convert.reference import build_from_reference
+    from tests.conftest import GOLDENS
+    config = json.loads((GOLDENS / golden / "config.json").read_text())
+    model = nnx.eval_shape(lambda: build_from_reference(config["class"], config["ctor_kwargs"]))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == config["n_params"]
+
+
+@pytest.mark.parametrize("factory", [
+    lambda d: VAE(in_channels=1, out_channels=1, emb_channels=8, deep_supervision=1, spatial_dims=d, rngs=nnx.Rngs(0)),
+    lambda d: Discriminator(1, spatial_dims=d, rngs=nnx.Rngs(0)),
+    lambda d: UNet(8, 8, num_classes=2, spatial_dims=d, rngs=nnx.Rngs(0)),
+])
+def test_paper_size_3d_networks_have_the_2d_keys_with_one_more_kernel_axis(factory):
+    """The paper's configurations built for volumes: every PyTorch key of the 2-D network, each conv kernel
+    [o, i, k, k] becoming [o, i, k, k, k] and nothing else changing; the exact count follows."""
+    from medfusion_jax.convert.state_dict import torch_keys
+    keys2, keys3 = torch_keys(nnx.eval_shape(lambda: factory(2))), torch_keys(nnx.eval_shape(lambda: factory(3)))
+    assert keys2.keys() == keys3.keys()
+    expected = {k: s + s[-1:] if len(s) == 4 else s for k, s in keys2.items()}
+    assert keys3 == expected
+    assert sum(int(np.prod(s)) for s in keys3.values()) == n_params(lambda: factory(3))
+
+
+def _abstract_call(abstract_model, fn, *shapes):
+    """``fn(model, *inputs)`` evaluated abstractly: shapes only, nothing allocated or compiled."""
+    graphdef, state = nnx.split(abstract_model)
+    inputs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    return jax.eval_shape(lambda state, *xs: fn(nnx.merge(graphdef, state), *xs), state, *inputs)
+
+
+def test_3d_shapes_and_input_checks():
+    """Shapes by abstract evaluation (the computation itself is checked against the 3-D goldens)."""
+    vae = nnx.eval_shape(lambda: VAE(1, 1, 4, (8, 8, 16), (3, 3, 3), (1, 2, 2), deep_supervision=1, spatial_dims=3,
+                                     rngs=nnx.Rngs(0)))
+    forward = lambda m, x: m(x, key=jax.random.key(2))  # noqa: E731
+    out, heads, _ = _abstract_call(vae, forward, (2, 8, 12, 16, 1))
+    assert out.shape == (2, 8, 12, 16, 1) and heads[0].shape == (2, 4, 6, 8, 1)
+    assert _abstract_call(vae, lambda m, x: m.encode_mean(x), (2, 8, 12, 16, 1)).shape == (2, 2, 3, 4, 4)
+    with pytest.raises(ValueError, match="5-D NDHWC batch"):
+        _abstract_call(vae, forward, (1, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"divisible by 4 \(the total downsampling\), got 8x10x8"):
+        _abstract_call(vae, forward, (1, 8, 10, 8, 1))
+    unet = nnx.eval_shape(lambda: UNet(4, 4, (16, 16, 32), (3, 3, 3), (1, 2, 2), norm_groups=8, time_emb_dim=32,
+                                       spatial_dims=3, rngs=nnx.Rngs(0)))
+    pred = _abstract_call(unet, lambda m, x: m(x, jnp.array([1, 500]), jnp.array([0, 1])), (2, 4, 4, 4, 4))
+    assert pred.shape == (2, 4, 4, 4, 4)

@@ -48,8 +48,8 @@ def take_kwargs(kwargs: Mapping[str, Any], allowed: dict[str, Any], cls: str) ->
     if unknown:
         raise ValueError(f"{cls}: unsupported constructor arguments {unknown}")
     out = {k: kwargs.get(k, v) for k, v in allowed.items()}
-    if out.pop("spatial_dims") != 2:
-        raise ValueError(f"{cls}: only spatial_dims=2 is supported (Medfusion is 2-D)")
+    if out["spatial_dims"] not in (2, 3):
+        raise ValueError(f"{cls}: spatial_dims={out['spatial_dims']!r} is not supported (2: images, 3: volumes)")
     _check_act(out.pop("act_name"))
     for flag, required in (("use_res_block", True), ("learnable_interpolation", True)):
         if flag in out and out.pop(flag) is not required:
@@ -81,7 +81,7 @@ def vae_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> VAE:
     return VAE(
         a["in_channels"], a["out_channels"], a["emb_channels"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]),
         tuple(a["strides"]), norm_groups_from_reference(a["norm_name"], 8), a["deep_supervision"], a["use_attention"],
-        rngs=rngs,
+        a["spatial_dims"], rngs=rngs,
     )
 
 
@@ -89,7 +89,7 @@ def discriminator_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> D
     a = take_kwargs(kwargs, DISC_DEFAULTS, "Discriminator")
     return Discriminator(
         a["in_channels"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]), tuple(a["strides"]),
-        norm_groups_from_reference(a["norm_name"], 8), rngs=rngs,
+        norm_groups_from_reference(a["norm_name"], 8), a["spatial_dims"], rngs=rngs,
     )
 
 
@@ -122,8 +122,7 @@ def unet_from_reference(kwargs: Mapping[str, Any], rngs: nnx.Rngs) -> UNet:
     return UNet(
         a["in_ch"], a["out_ch"], tuple(a["hid_chs"]), tuple(a["kernel_sizes"]), tuple(a["strides"]),
         norm_groups_from_reference(a["norm_name"], 32), time_dim, pos_dim, num_classes, a["num_res_blocks"],
-        a["use_attention"],
-        rngs=rngs,
+        a["use_attention"], a["spatial_dims"], rngs=rngs,
     )
 
 

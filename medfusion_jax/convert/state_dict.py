@@ -3,7 +3,8 @@
 Our modules are named after the reference's attributes, so a parameter's dotted path equals its PyTorch
 key once the leaf is renamed (``kernel``/``scale``/``embedding`` -> ``weight``) and the few
 ``nn.Sequential`` indices of the reference are restored (``_SEQUENTIAL_INDICES``). Layouts differ:
-conv OIHW <-> HWIO, linear [out, in] <-> [in, out].
+conv OIHW <-> HWIO (3-D: OIDHW <-> DHWIO), linear [out, in] <-> [in, out]. 2-D and 3-D networks have
+the same keys.
 """
 
 from __future__ import annotations
@@ -65,16 +66,18 @@ def torch_key(path: tuple, *, unet: bool) -> str:
 
 
 def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    if leaf == "kernel" and value.ndim in (4, 5):
+        n = value.ndim - 2  # (D)HWIO -> OI(D)HW
+        return value.transpose(n + 1, n, *range(n))
     if leaf == "kernel" and value.ndim == 2:
         return value.T  # [in, out] -> [out, in]
     return value
 
 
 def _from_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if leaf == "kernel" and value.ndim in (4, 5):
+        n = value.ndim - 2  # OI(D)HW -> (D)HWIO
+        return value.transpose(*range(2, n + 2), 1, 0)
     if leaf == "kernel" and value.ndim == 2:
         return value.T
     return value

@@ -77,30 +77,29 @@ def relative_error(ours, ref) -> float:
     return float(np.max(np.abs(ours - ref), initial=0.0) / max(1.0, float(np.max(np.abs(ref), initial=0.0))))
 
 
-def to_nhwc(a: np.ndarray) -> jnp.ndarray:
-    """NCHW (or steps x NCHW) reference arrays to our channels-last layout."""
+def to_nhwc(a: np.ndarray, spatial_dims: int = 2) -> jnp.ndarray:
+    """Channels-first reference arrays (NCHW, NCDHW with ``spatial_dims=3``, or a leading steps axis before
+    either) to our channels-last layout; other arrays unchanged."""
     a = np.asarray(a)
-    if a.ndim == 4:
-        a = a.transpose(0, 2, 3, 1)
-    elif a.ndim == 5:
-        a = a.transpose(0, 1, 3, 4, 2)
+    if a.ndim in (spatial_dims + 2, spatial_dims + 3):
+        a = np.moveaxis(a, a.ndim - spatial_dims - 1, -1)
     return jnp.asarray(a)
 
 
-def to_nchw(a) -> np.ndarray:
+def to_nchw(a, spatial_dims: int = 2) -> np.ndarray:
+    """The inverse of :func:`to_nhwc`."""
     a = np.asarray(a)
-    if a.ndim == 4:
-        return a.transpose(0, 3, 1, 2)
-    if a.ndim == 5:
-        return a.transpose(0, 1, 4, 2, 3)
+    if a.ndim in (spatial_dims + 2, spatial_dims + 3):
+        return np.moveaxis(a, -1, a.ndim - spatial_dims - 1)
     return a
 
 
 class _Collector:
     """Compares computed outputs with the recorded ones that exist in io.npz."""
 
-    def __init__(self, io: dict[str, np.ndarray]):
+    def __init__(self, io: dict[str, np.ndarray], spatial_dims: int = 2):
         self.io = io
+        self.spatial_dims = spatial_dims
         self.results: list[Comparison] = []
         self.used: set[str] = set()
 
@@ -110,6 +109,10 @@ class _Collector:
     def inp(self, name: str):
         self.used.add(name)
         return self.io[name]
+
+    def image(self, name: str) -> jnp.ndarray:
+        """A recorded channels-first input in our channels-last layout."""
+        return to_nhwc(self.inp(name), self.spatial_dims)
 
     def check(self, name: str, compute: Callable[[], object], tol: float = OUTPUT_TOL) -> None:
         """Compare with ``name`` and with its float64 replicas (``name_f64``, ``name_f64_replay``)."""
@@ -127,7 +130,7 @@ class _Collector:
         present = [n for n in (name, f"{name}_f64", f"{name}_f64_replay") if n in self.io]
         if not present:
             return []
-        ours = to_nchw(compute())
+        ours = to_nchw(compute(), self.spatial_dims)
         self.used.update(present)
         return [(n, ours) for n in present]
 
@@ -141,7 +144,7 @@ def _load_module(folder: Path, config: dict) -> nnx.Module:
 
 def _verify_vae(folder, config, c: _Collector):
     vae = _load_module(folder, config)
-    x, eps = to_nhwc(c.inp("x")), to_nhwc(c.inp("eps"))
+    x, eps = c.image("x"), c.image("eps")
     out, heads, kl = vae(x, noise=eps)
     mean, logvar = vae.posterior(x)
     c.check("moments", lambda: vae.moments(x))
@@ -168,18 +171,18 @@ def _verify_vae(folder, config, c: _Collector):
 
 def _verify_discriminator(folder, config, c: _Collector):
     disc = _load_module(folder, config)
-    x = to_nhwc(c.inp("x"))
+    x = c.image("x")
     logits = disc(x)
     c.check("logits", lambda: logits)
     if c.has("x_fake"):
-        fake = disc(to_nhwc(c.inp("x_fake")))
+        fake = disc(c.image("x_fake"))
         c.check("hinge_d_loss", lambda: hinge_d_loss(logits, fake))
         c.check("gen_adv_loss_sum", lambda: generator_adversarial_loss(fake))
 
 
 def _verify_vaegan(folder, config, c: _Collector):
     model = _load_module(folder, config)
-    x, eps = to_nhwc(c.inp("x")), to_nhwc(c.inp("eps"))
+    x, eps = c.image("x"), c.image("eps")
     kwargs = config["ctor_kwargs"]
     gen, disc, terms = vaegan_losses(
         model, x, noise=eps, gan_weight=kwargs.get("gan_loss_weight", 1.0),
@@ -202,7 +205,7 @@ def _verify_unet(folder, config, c: _Collector):
     k = 0
     while c.has(f"run{k}_x_t"):
         run = f"run{k}_"
-        x, t = to_nhwc(c.inp(run + "x_t")), jnp.asarray(c.inp(run + "t"))
+        x, t = c.image(run + "x_t"), jnp.asarray(c.inp(run + "t"))
         cond = jnp.asarray(c.inp(run + "cond")) if c.has(run + "cond") else None
         c.check(run + "pos_emb", lambda t=t: sinusoidal_embedding(t, unet.time_embedder.pos_dim))
         c.check(run + "time_emb", lambda t=t: unet.time_embedder(t))
@@ -232,22 +235,22 @@ def _verify_scheduler(folder, config, c: _Collector):
     paper = _schedule_from(config["variants"]["paper"]) if "paper" in config.get("variants", {}) else make_schedule()
     if c.has("q_sample_x0"):
         t = jnp.asarray(c.inp("q_sample_t"))
-        c.check("q_sample_x_t", lambda: q_sample(paper, to_nhwc(c.inp("q_sample_x0")), t,
-                                                 to_nhwc(c.inp("q_sample_noise"))))
+        c.check("q_sample_x_t", lambda: q_sample(paper, c.image("q_sample_x0"), t,
+                                                 c.image("q_sample_noise")))
         for clip in (False, True):
             c.check(f"estimate_x_0_{'clip' if clip else 'noclip'}", lambda clip=clip: x0_from_eps(
-                paper, to_nhwc(c.inp("q_sample_x_t")), t, to_nhwc(c.inp("q_sample_noise")), clip=clip))
+                paper, c.image("q_sample_x_t"), t, c.image("q_sample_noise"), clip=clip))
 
 
 def _verify_ddim_step(folder, config, c: _Collector):
     schedule = _schedule_from(config["scheduler_kwargs"])
-    eps = to_nhwc(c.inp("eps_pred_const"))
+    eps = c.image("eps_pred_const")
     for prefix, clip in (("noclip", False), ("clip", True)):
         if not c.has(f"{prefix}_final"):
             continue
         steps = len(c.inp(f"{prefix}_timesteps"))
-        noise = jnp.stack([to_nhwc(c.inp(f"{prefix}_ddim_noise_step{i}")) for i in range(steps - 1)])
-        final, trace = ddim_sample(lambda x, t: eps, schedule, to_nhwc(c.inp("x_start")), num_steps=steps,
+        noise = jnp.stack([c.image(f"{prefix}_ddim_noise_step{i}") for i in range(steps - 1)])
+        final, trace = ddim_sample(lambda x, t: eps, schedule, c.image("x_start"), num_steps=steps,
                                    clip_x0=clip, step_noise=noise, trace=True)
         c.check(f"{prefix}_timesteps", lambda n=steps: ddim_timesteps(n, schedule.timesteps), SCHEDULE_TOL)
         for i in range(steps):  # one comparison per step: each against its own scale
@@ -275,12 +278,12 @@ def _verify_sampling(folder, config, c: _Collector):
     clip = bool(config.get("pipeline_kwargs", {}).get("clip_x0", False))
     for k, run in enumerate(config["runs"]):
         p = f"run{k}_"
-        x_T = to_nhwc(c.inp(p + "x_T_init"))
+        x_T = c.image(p + "x_T_init")
         condition = jnp.asarray(c.inp(p + "condition")) if run["condition"] is not None else None
         final, trace = sample_latents(
             unet, schedule, jax.random.key(0), tuple(x_T.shape), condition, num_steps=run["steps"],
             guidance_scale=float(run["guidance_scale"]), clip_x0=clip, x_T=x_T,
-            step_noise=to_nhwc(c.inp(p + "ddim_noise")), trace=True,
+            step_noise=c.image(p + "ddim_noise"), trace=True,
         )
         n = x_T.shape[0]
         c.check(p + "t_per_step", lambda tr=trace, n=n: np.repeat(np.asarray(tr["t"])[:, None], n, 1), SCHEDULE_TOL)
@@ -333,7 +336,8 @@ def verify_folder(folder: str | Path) -> tuple[list[Comparison], list[str]]:
     config = json.loads(config_path.read_text())
     with np.load(folder / "io.npz") as io_file:
         io = {k: io_file[k] for k in io_file.files}
-    collector = _Collector(io)
+    kwargs = config.get("ctor_kwargs") or config.get("unet_ctor_kwargs") or {}
+    collector = _Collector(io, int(kwargs.get("spatial_dims", 2)))
     verifier = _verifier(config)
     with jax.default_matmul_precision("highest"):
         verifier(folder, config, collector)

@@ -2,11 +2,13 @@
 
 Per output o: R_o = mean over images of [ sum_chw l(p - y) + C*H*W * (w_p * LPIPS + 1 - SSIM) ]: the
 per-image perceptual and SSIM terms are broadcast over every pixel before the sum, as the reference
-does. Total: sum over outputs (equal weights) + kl_weight * KL.
+does. Total: sum over outputs (equal weights) + kl_weight * KL. Volumes (N x D x H x W x C) take the
+same formulas with C*D*H*W elements and the 3-D SSIM of pytorch-msssim.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -45,20 +47,21 @@ def reconstruction_loss(
     per_image = ssim_loss(pred, target)
     if perceptual_fn is not None:
         per_image = per_image + perceptual_weight * perceptual_fn(pred, target)
-    chw = pred.shape[1] * pred.shape[2] * pred.shape[3]
-    return jnp.mean(jnp.sum(pixel, axis=(1, 2, 3)) + chw * per_image)
+    elements = math.prod(pred.shape[1:])  # C*H*W (C*D*H*W for volumes)
+    return jnp.mean(jnp.sum(pixel, axis=tuple(range(1, pred.ndim))) + elements * per_image)
 
 
 def head_target_nearest_exact(x: jax.Array, like: jax.Array) -> jax.Array:
     """The VAE stage's deep-supervision target: nearest-exact resize (picks odd pixels when halving)."""
-    return nearest_exact_resize(x, like.shape[1], like.shape[2])
+    return nearest_exact_resize(x, like.shape[1:-1])
 
 
 def head_target_area(x: jax.Array, like: jax.Array) -> jax.Array:
-    """The VAEGAN stage's deep-supervision target: area downsampling (mean over each f x f block)."""
-    b, h, w, c = x.shape
-    fh, fw = h // like.shape[1], w // like.shape[2]
-    return x.reshape(b, h // fh, fh, w // fw, fw, c).mean(axis=(2, 4))
+    """The VAEGAN stage's deep-supervision target: area downsampling (mean over each f x f (x f) block)."""
+    spatial = x.shape[1:-1]
+    factors = [n // m for n, m in zip(spatial, like.shape[1:-1], strict=True)]
+    blocks = [d for n, f in zip(spatial, factors, strict=True) for d in (n // f, f)]
+    return x.reshape(x.shape[0], *blocks, x.shape[-1]).mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 def vae_loss(

@@ -2,7 +2,9 @@
 
 Gaussian window 11, sigma 1.5, applied separably with no padding ("valid"); K = (0.01, 0.03); the SSIM
 map is averaged per channel, optionally passed through ReLU (``nonnegative_ssim=True``), then averaged
-over channels: one value per image. Inputs are NHWC.
+over channels: one value per image. Inputs are NHWC, or NDHWC volumes: pytorch-msssim filters a 5-D
+input along D, H and W with the same 1-D window (an axis shorter than the window is left unfiltered),
+and so does :func:`ssim`.
 
 Speed. The five filtered maps (x, y, x*x, y*y, x*y) are stacked and filtered together, one axis at a
 time (:func:`separable_filter_valid`), in one of two ways chosen by the axis length:
@@ -110,14 +112,21 @@ def gaussian_filter_valid(x: jax.Array, window: np.ndarray) -> jax.Array:
 
 
 def filtered_moments(x: jax.Array, y: jax.Array, window: np.ndarray) -> tuple[jax.Array, ...]:
-    """(mu_x, mu_y, E[x^2], E[y^2], E[xy]) under the window, each [N, C, H', W'], from NHWC float32 inputs."""
-    stacked = jnp.stack([x, y, x * x, y * y, x * y])  # [5, N, H, W, C]
-    stacked = jnp.transpose(stacked, (0, 1, 4, 3, 2))  # [5, N, C, W, H]
-    return tuple(_filter_transposed(stacked, window))
+    """(mu_x, mu_y, E[x^2], E[y^2], E[xy]) under the window, each [N, C, H', W'] (or [N, C, D', H', W']),
+    from channels-last float32 inputs."""
+    stacked = jnp.stack([x, y, x * x, y * y, x * y])  # [5, N, (D,) H, W, C]
+    if x.ndim == 4:
+        stacked = jnp.transpose(stacked, (0, 1, 4, 3, 2))  # [5, N, C, W, H]
+        return tuple(_filter_transposed(stacked, window))
+    # Volumes: each spatial axis in turn (D, H, W, as pytorch-msssim) moved last, filtered, moved back.
+    stacked = jnp.moveaxis(stacked, -1, 2)  # [5, N, C, D, H, W]
+    for axis in range(3, stacked.ndim):
+        stacked = jnp.moveaxis(_filter_last(jnp.moveaxis(stacked, axis, -1), window), -1, axis)
+    return tuple(stacked)
 
 
 def ssim_per_channel(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """(SSIM, contrast-structure) per image and channel, [N, C] each."""
+    """(SSIM, contrast-structure) per image (or volume) and channel, [N, C] each."""
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu1, mu2, e11, e22, e12 = filtered_moments(x.astype(jnp.float32), y.astype(jnp.float32), gaussian_window())
     sigma1_sq = e11 - mu1**2
@@ -125,7 +134,8 @@ def ssim_per_channel(x: jax.Array, y: jax.Array, data_range: float = 1.0) -> tup
     sigma12 = e12 - mu1 * mu2
     cs_map = (2 * sigma12 + c2) / (sigma1_sq + sigma2_sq + c2)
     ssim_map = (2 * mu1 * mu2 + c1) / (mu1**2 + mu2**2 + c1) * cs_map
-    return jnp.mean(ssim_map, axis=(2, 3)), jnp.mean(cs_map, axis=(2, 3))
+    spatial = tuple(range(2, ssim_map.ndim))
+    return jnp.mean(ssim_map, axis=spatial), jnp.mean(cs_map, axis=spatial)
 
 
 def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, nonnegative: bool = True) -> jax.Array:

@@ -15,7 +15,7 @@ from medfusion_jax.models.vae import VAE
 class Discriminator(nnx.Module):
     """conv/GN/Swish stem, strided conv/GN/Swish stages, and a zero-initialised 3x3 conv to one logit map.
 
-    A 256x256 input gives 32x32 logits, a 128x128 input 16x16.
+    A 256x256 input gives 32x32 logits, a 128x128 input 16x16; ``spatial_dims=3`` takes volumes.
     """
 
     def __init__(
@@ -25,12 +25,14 @@ class Discriminator(nnx.Module):
         kernel_sizes: Sequence[int] = (3, 3, 3, 3),
         strides: Sequence[int] = (1, 2, 2, 2),
         norm_groups: int = 8,
+        spatial_dims: int = 2,
         *,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kw = dict(norm_groups=norm_groups, act=True, dtype=dtype, rngs=rngs)
+        kw = dict(norm_groups=norm_groups, act=True, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
         self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
         self.downsampling = 1
         for s in strides:
             self.downsampling *= s
@@ -38,10 +40,10 @@ class Discriminator(nnx.Module):
         self.encoder = nnx.List([
             BasicBlock(hid_chs[i - 1], hid_chs[i], kernel_sizes[i], strides[i], **kw) for i in range(1, len(hid_chs))
         ])
-        self.outc = BasicBlock(hid_chs[-1], 1, 3, 1, zero_conv=True, dtype=dtype, rngs=rngs)
+        self.outc = BasicBlock(hid_chs[-1], 1, 3, 1, zero_conv=True, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        check_image(x, self.in_channels, self.downsampling, "Discriminator input")
+        check_image(x, self.in_channels, self.downsampling, "Discriminator input", self.spatial_dims)
         h = self.inc(x)
         for block in self.encoder:
             h = block(h)

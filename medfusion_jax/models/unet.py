@@ -1,6 +1,7 @@
 """The diffusion noise estimator: Medfusion's ``unet2.UNet`` (spec section 6), channels-last.
 
-Input x_t is N x h x w x C latents, t integer timesteps [N], the condition int labels [N] or None.
+Input x_t is N x h x w x C latents (N x d x h x w x C with ``spatial_dims=3``), t integer timesteps [N],
+the condition int labels [N] or None.
 Unconditional means the label embedding is omitted (no learned null token), as in the reference.
 """
 
@@ -92,11 +93,13 @@ class UNet(nnx.Module):
         num_classes: int | None = 2,
         num_res_blocks: int = 2,
         use_attention: str = "none",
+        spatial_dims: int = 2,
         *,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_attention(use_attention)
+        self.spatial_dims = spatial_dims
         depth = len(hid_chs)
         if not (len(kernel_sizes) == len(strides) == depth) or depth < 2:
             raise ValueError("UNet: hid_chs, kernel_sizes and strides must have the same length (>= 2)")
@@ -106,11 +109,12 @@ class UNet(nnx.Module):
         self.downsampling = strides[0]
         for s in strides[1:-1]:
             self.downsampling *= s
-        kw = dict(norm_groups=norm_groups, emb_channels=time_emb_dim, dtype=dtype, rngs=rngs)
+        kw = dict(norm_groups=norm_groups, emb_channels=time_emb_dim, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
+        plain = dict(spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
 
         self.time_embedder = TimeEmbedding(time_emb_dim, pos_emb_dim, dtype=dtype, rngs=rngs)
         self.cond_embedder = LabelEmbedder(time_emb_dim, num_classes, rngs=rngs) if num_classes else None
-        self.in_conv = BasicBlock(in_ch, hid_chs[0], kernel_sizes[0], strides[0], dtype=dtype, rngs=rngs)
+        self.in_conv = BasicBlock(in_ch, hid_chs[0], kernel_sizes[0], strides[0], **plain)
 
         in_blocks: list[nnx.Module] = []
         skip_channels = [hid_chs[0]]
@@ -120,7 +124,7 @@ class UNet(nnx.Module):
                 in_blocks.append(UnetResBlock(block_in, hid_chs[i], kernel_sizes[i], 1, **kw))
                 skip_channels.append(hid_chs[i])
             if i < depth - 1:
-                in_blocks.append(BasicDown(hid_chs[i], hid_chs[i], kernel_sizes[i], strides[i], dtype=dtype, rngs=rngs))
+                in_blocks.append(BasicDown(hid_chs[i], hid_chs[i], kernel_sizes[i], strides[i], **plain))
                 skip_channels.append(hid_chs[i])
         self.in_blocks = nnx.List(in_blocks)
 
@@ -139,13 +143,13 @@ class UNet(nnx.Module):
                 out_channels = hid_chs[i - 1] if k == 0 else hid_chs[i]
                 res = UnetResBlock(h_channels + skip_channels[idx], out_channels, kernel_sizes[i], 1, **kw)
                 up = (
-                    BasicUp(out_channels, out_channels, strides[i], strides[i], dtype=dtype, rngs=rngs)
+                    BasicUp(out_channels, out_channels, strides[i], strides[i], **plain)
                     if k == 0 and i > 1 else None
                 )
                 out_blocks[idx] = UpStage(res, up)
                 h_channels = out_channels
         self.out_blocks = nnx.List([out_blocks[idx] for idx in range(len(out_blocks))])
-        self.outc = BasicBlock(hid_chs[0], out_ch, 1, zero_conv=True, dtype=dtype, rngs=rngs)
+        self.outc = BasicBlock(hid_chs[0], out_ch, 1, zero_conv=True, **plain)
 
     def embed(
         self, t: jax.Array, condition: jax.Array | None = None, condition_mask: jax.Array | None = None
@@ -173,7 +177,7 @@ class UNet(nnx.Module):
         condition_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Predicted noise, same shape as ``x``. ``t``: int timesteps [N] (or a scalar for all)."""
-        check_image(x, self.in_ch, self.downsampling, "UNet input")
+        check_image(x, self.in_ch, self.downsampling, "UNet input", self.spatial_dims)
         t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
         emb = self.embed(t, condition, condition_mask)
 

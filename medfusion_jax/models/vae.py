@@ -1,6 +1,8 @@
 """The Medfusion autoencoder (``VAE`` of the reference, spec section 4), channels-last.
 
 Images are NHWC in [-1, 1]; latents are N x H/8 x W/8 x E (for the paper's three stride-2 levels).
+With ``spatial_dims=3`` the same network takes volumes, N x D x H x W x C, as the original does
+(MONAI convolutions with ``spatial_dims=3``); latents are then N x D/8 x H/8 x W/8 x E.
 There is no latent scale factor, no post-quant conv and no output activation, as in the reference.
 """
 
@@ -33,10 +35,11 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 class DownBlock(nnx.Module):
     """BasicDown (strided conv) -> attention ('none') -> UnetResBlock."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, *, norm_groups, dtype, rngs):
-        self.down_op = BasicDown(in_channels, out_channels, kernel_size, stride, dtype=dtype, rngs=rngs)
+    def __init__(self, in_channels, out_channels, kernel_size, stride, *, norm_groups, spatial_dims, dtype, rngs):
+        self.down_op = BasicDown(in_channels, out_channels, kernel_size, stride, spatial_dims=spatial_dims,
+                                 dtype=dtype, rngs=rngs)
         self.conv_block = UnetResBlock(out_channels, out_channels, kernel_size, 1,
-                                       norm_groups=norm_groups, dtype=dtype, rngs=rngs)
+                                       norm_groups=norm_groups, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.conv_block(self.down_op(x))
@@ -45,10 +48,12 @@ class DownBlock(nnx.Module):
 class UpBlock(nnx.Module):
     """BasicUp (nearest 2x + conv) -> attention ('none') -> UnetResBlock; the VAE passes no skip."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, up_kernel_size, stride, *, norm_groups, dtype, rngs):
-        self.up_op = BasicUp(in_channels, out_channels, up_kernel_size, stride, dtype=dtype, rngs=rngs)
+    def __init__(self, in_channels, out_channels, kernel_size, up_kernel_size, stride, *, norm_groups, spatial_dims,
+                 dtype, rngs):
+        self.up_op = BasicUp(in_channels, out_channels, up_kernel_size, stride, spatial_dims=spatial_dims,
+                             dtype=dtype, rngs=rngs)
         self.conv_block = UnetResBlock(out_channels, out_channels, kernel_size, 1,
-                                       norm_groups=norm_groups, dtype=dtype, rngs=rngs)
+                                       norm_groups=norm_groups, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
         return self.conv_block(self.up_op(x))
@@ -72,11 +77,13 @@ class VAE(nnx.Module):
         norm_groups: int = 8,
         deep_supervision: int | bool = 0,
         use_attention: str = "none",
+        spatial_dims: int = 2,
         *,
         dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_attention(use_attention)
+        self.spatial_dims = spatial_dims
         depth = len(hid_chs)
         if not (len(kernel_sizes) == len(strides) == depth):
             raise ValueError("VAE: hid_chs, kernel_sizes and strides must have the same length")
@@ -84,15 +91,16 @@ class VAE(nnx.Module):
         self.downsampling = 1
         for s in strides:
             self.downsampling *= s
-        kw = dict(norm_groups=norm_groups, dtype=dtype, rngs=rngs)
+        kw = dict(norm_groups=norm_groups, spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
+        plain = dict(spatial_dims=spatial_dims, dtype=dtype, rngs=rngs)
 
         self.inc = UnetResBlock(in_channels, hid_chs[0], kernel_sizes[0], strides[0], **kw)
         self.encoders = nnx.List([
             DownBlock(hid_chs[i - 1], hid_chs[i], kernel_sizes[i], strides[i], **kw) for i in range(1, depth)
         ])
         self.out_enc = nnx.List([
-            BasicBlock(hid_chs[-1], 2 * emb_channels, 3, dtype=dtype, rngs=rngs),
-            BasicBlock(2 * emb_channels, 2 * emb_channels, 1, dtype=dtype, rngs=rngs),
+            BasicBlock(hid_chs[-1], 2 * emb_channels, 3, **plain),
+            BasicBlock(2 * emb_channels, 2 * emb_channels, 1, **plain),
         ])
 
         self.inc_dec = UnetResBlock(emb_channels, hid_chs[-1], 3, 1, **kw)
@@ -101,19 +109,19 @@ class VAE(nnx.Module):
             UpBlock(hid_chs[i + 1], hid_chs[i], kernel_sizes[i], strides[i + 1], strides[i + 1], **kw)
             for i in range(depth - 1)
         ])
-        self.outc = BasicBlock(hid_chs[0], out_channels, 1, zero_conv=True, dtype=dtype, rngs=rngs)
+        self.outc = BasicBlock(hid_chs[0], out_channels, 1, zero_conv=True, **plain)
         num_heads = depth - 1 if deep_supervision is True else int(deep_supervision)
         if not 0 <= num_heads <= depth - 1:
             raise ValueError(f"VAE: deep_supervision={deep_supervision!r} allows at most {depth - 1} heads")
         self.outc_ver = nnx.List([
-            BasicBlock(hid_chs[j + 1], out_channels, 1, zero_conv=True, dtype=dtype, rngs=rngs)
+            BasicBlock(hid_chs[j + 1], out_channels, 1, zero_conv=True, **plain)
             for j in range(num_heads)
         ])
 
     # -- encoder -------------------------------------------------------------------------------
     def moments(self, x: jax.Array) -> jax.Array:
         """The encoder output ("moments"): channels [0:E] mean, [E:2E] log-variance before clamping."""
-        check_image(x, self.in_channels, self.downsampling, "VAE input")
+        check_image(x, self.in_channels, self.downsampling, "VAE input", self.spatial_dims)
         h = self.inc(x)
         for encoder in self.encoders:
             h = encoder(h)
@@ -144,7 +152,7 @@ class VAE(nnx.Module):
 
         Exposed because VAEGAN's adaptive weight differentiates through these last layers.
         """
-        check_image(z, self.emb_channels, 1, "VAE latent")
+        check_image(z, self.emb_channels, 1, "VAE latent", self.spatial_dims)
         h = self.inc_dec(z)
         head_inputs: dict[int, jax.Array] = {}
         for i in reversed(range(len(self.decoders))):
