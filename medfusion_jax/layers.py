@@ -45,12 +45,16 @@ def _draw_bucketed(draw, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     power of two: the same numbers, with far fewer compilations.
 
     Built eagerly, every parameter shape would compile its own random-number program (~0.3 s each on
-    a CPU: a small 3-D autoencoder took 12 s to construct). With JAX's partitionable Threefry (the
-    default since JAX 0.5) element i of a draw depends only on the key and i, so a longer draw's
-    prefix is the shorter draw, bit for bit; the tests check that. Otherwise the direct draw is used.
+    a CPU with Threefry keys: a small 3-D autoencoder took 12 s to construct). JAX's counter-based
+    generators make element i of a draw depend only on the key and i (Threefry when
+    ``jax_threefry_partitionable`` is on, the default since JAX 0.5; the RBG keys training uses), so a
+    longer draw's prefix is the shorter draw, bit for bit; the tests check that for both key kinds.
+    Other keys are drawn directly.
     """
     n = math.prod(shape)
-    if not jax.config.jax_threefry_partitionable or n == 0:
+    impl = str(jax.random.key_impl(key)) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else ""
+    prefix_stable = impl in ("rbg", "unsafe_rbg") or (impl == "threefry2x32" and jax.config.jax_threefry_partitionable)
+    if not prefix_stable or n == 0:
         return draw(key, shape)
     return draw(key, (1 << (n - 1).bit_length(),))[:n].reshape(shape)
 

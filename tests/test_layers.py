@@ -5,6 +5,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from medfusion_jax.layers import (
@@ -197,12 +198,13 @@ def test_3d_upsampling_as_phase_convolutions_equals_resize_then_conv_with_gradie
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_bucketed_initial_draws_equal_the_direct_draws_bit_for_bit():
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_bucketed_initial_draws_equal_the_direct_draws_bit_for_bit(impl):
     """Parameters are drawn as a prefix of a power-of-two-long draw (one compilation per length bucket);
-    with JAX's partitionable Threefry that is the same numbers as drawing the parameter's own shape."""
-    assert jax.config.jax_threefry_partitionable  # else the layers draw directly (and this test is moot)
-    key = jax.random.key(7)
-    for shape in [(3, 3, 8, 16), (16,), (2, 1000), (3, 3, 3, 5, 7)]:
+    with JAX's counter-based generators that is the same numbers as drawing the parameter's own shape."""
+    assert jax.config.jax_threefry_partitionable  # else Threefry keys are drawn directly (and this is moot)
+    key = jax.random.key(7, impl=impl)
+    for shape in [(3, 3, 8, 16), (16,), (2, 1000), (3, 3, 3, 5, 7), (3, 3, 128, 128)]:
         for draw in (lambda k, s: jax.random.uniform(k, s, jnp.float32, -0.2, 0.2),
                      lambda k, s: jax.random.normal(k, s, jnp.float32)):
             np.testing.assert_array_equal(_draw_bucketed(draw, key, shape), draw(key, shape))
