@@ -25,7 +25,8 @@ class DataConfig:
     dataset: str
     data_dir: str | None = None
     image_size: int = 256
-    #: Random flips, the reference's RandomHorizontal/VerticalFlip: "", "h", "v" or "hv".
+    #: Random flips, the reference's RandomHorizontal/VerticalFlip: "", "h", "v" or "hv"; volumes may add
+    #: "d" (depth), as the original's 3-D transforms flip every axis.
     flips: str = ""
     #: Items in the split, for the built-in phantoms only (None: the phantom's default).
     num_examples: int | None = None
@@ -48,6 +49,9 @@ class RunConfig:
     dtype: str = "float32"
     #: Shard parameters and optimizer state over the devices (FSDP / ZeRO-3 style) instead of replicating.
     fsdp: bool = False
+    #: Rematerialise every residual block's activations in the backward pass (less memory, ~1/3 more
+    #: compute); the trained values are the same.
+    remat: bool = False
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
@@ -69,6 +73,8 @@ class VAEConfig:
     deep_supervision: int = 1
     in_channels: int = 3
     out_channels: int = 3
+    #: 2 for images, 3 for volumes (set from the data set).
+    spatial_dims: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,8 @@ class UNetConfig:
     norm_groups: int = 32
     time_emb_dim: int = 1024
     num_res_blocks: int = 2
+    #: 2 for images, 3 for volumes (set from the autoencoder's).
+    spatial_dims: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +169,7 @@ STAGES: dict[str, type] = {"autoencoder": AutoencoderConfig, "diffusion": Diffus
 #: Keys that may change when a run is resumed: they change how long and how often, not what is trained.
 RESUMABLE_KEYS = frozenset({
     "run.run_dir", "run.steps", "run.epochs", "run.checkpoint_every", "run.keep_checkpoints",
-    "run.async_checkpoints", "run.log_every", "run.image_every", "run.fsdp", "data.data_dir",
+    "run.async_checkpoints", "run.log_every", "run.image_every", "run.fsdp", "run.remat", "data.data_dir",
     "data.worker_count", "sample_steps", "guidance_scale", "samples_per_class",
 })
 
@@ -179,7 +187,10 @@ def validate(config: Config) -> None:
         (run.keep_checkpoints > 0, f"--keep-checkpoints must be positive, got {run.keep_checkpoints}"),
         (run.log_every > 0, f"--log-every must be positive, got {run.log_every}"),
         (run.image_every >= 0, f"--image-every must be >= 0, got {run.image_every}"),
-        (set(data.flips) <= {"h", "v"}, f"--flips must be '', 'h', 'v' or 'hv', got {data.flips!r}"),
+        (set(data.flips) <= {"h", "v", "d"}, f"--flips must be '', 'h', 'v' or 'hv' (volumes also 'd'), "
+                                             f"got {data.flips!r}"),
+        ("d" not in data.flips or config.model.spatial_dims == 3,
+         f"--flips {data.flips!r}: 'd' (depth) flips volumes only"),
         (data.image_size > 0, f"--image-size must be positive, got {data.image_size}"),
     ]
     if isinstance(config, AutoencoderConfig):
@@ -196,6 +207,9 @@ def validate(config: Config) -> None:
              "(--norm-groups)"),
         ]
         smallest_output = data.image_size // 2 ** config.model.deep_supervision
+        checks.append((config.model.spatial_dims == 2 or not config.perceptual_weight,
+                       "the perceptual term (LPIPS on 2-D images) is not available for volumes: use "
+                       "--perceptual-weight 0"))
         checks.append((not config.perceptual_weight or smallest_output >= 16,
                        f"--image-size {data.image_size}: the perceptual term needs outputs of at least 16x16 "
                        f"pixels, and the deep-supervision head's are {smallest_output}x{smallest_output} "

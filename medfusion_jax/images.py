@@ -65,8 +65,26 @@ def to_uint8_rounded(images: np.ndarray) -> np.ndarray:
 # -- grids and files ---------------------------------------------------------------------------------
 
 
+def orthogonal_mid_slices(volumes: np.ndarray) -> np.ndarray:
+    """Volumes ``[N, D, H, W, C]`` -> images ``[N, S, 3 S, C]`` (S the largest side): the axial (H x W),
+    coronal (D x W) and sagittal (D x H) slices through each volume's centre, side by side, each
+    centred on an S x S canvas of the volume's dtype. How a person looks at a volume in a report."""
+    n, d, h, w, c = volumes.shape
+    side = max(d, h, w)
+    canvas = np.zeros((n, side, 3 * side, c), volumes.dtype)
+    slices = (volumes[:, d // 2], volumes[:, :, h // 2], volumes[:, :, :, w // 2])
+    for k, sl in enumerate(slices):
+        top, left = (side - sl.shape[1]) // 2, k * side + (side - sl.shape[2]) // 2
+        canvas[:, top:top + sl.shape[1], left:left + sl.shape[2]] = sl
+    return canvas
+
+
 def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> np.ndarray:
-    """Tile uint8 NHWC images into one HWC image, row-major, with ``pad`` black pixels between tiles."""
+    """Tile uint8 NHWC images into one HWC image, row-major, with ``pad`` black pixels between tiles.
+
+    Volumes (NDHWC) are shown by their three orthogonal mid-slices (:func:`orthogonal_mid_slices`)."""
+    if images.ndim == 5:
+        images = orthogonal_mid_slices(images)
     n, h, w, c = images.shape
     rows = -(-n // columns)
     grid = np.zeros((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.uint8)

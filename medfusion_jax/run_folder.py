@@ -44,10 +44,12 @@ def vae_kwargs(config: VAEConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def discriminator_kwargs(gan: GANConfig, in_channels: int) -> dict[str, Any]:
+def discriminator_kwargs(gan: GANConfig, in_channels: int, spatial_dims: int = 2) -> dict[str, Any]:
     depth = len(gan.disc_hid_chs)
-    return dict(in_channels=in_channels, hid_chs=tuple(gan.disc_hid_chs), kernel_sizes=(3,) * depth,
-                strides=(1,) + (2,) * (depth - 1), norm_groups=gan.disc_norm_groups)
+    kwargs = dict(in_channels=in_channels, hid_chs=tuple(gan.disc_hid_chs), kernel_sizes=(3,) * depth,
+                  strides=(1,) + (2,) * (depth - 1), norm_groups=gan.disc_norm_groups)
+    # Written only for volumes, so that model.json of 2-D runs stays as it was.
+    return kwargs if spatial_dims == 2 else dict(kwargs, spatial_dims=spatial_dims)
 
 
 def unet_kwargs(config: UNetConfig, latent_channels: int, num_classes: int | None) -> dict[str, Any]:

@@ -119,6 +119,33 @@ def test_flips_are_real_flips_and_vary():
     assert np.all(plain[:, 0, 3, 2] > 0.5)
 
 
+class VolumeSource(ImageSource):
+    """Item i is a 4x4x4 single-channel volume with one marked corner voxel (to see flips)."""
+
+    def __init__(self, n):
+        super().__init__(make_dataset("phantom-brain").info, split="train", image_size=4, channels=1)
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        volume = np.zeros((4, 4, 4, 1), np.uint8)
+        volume[0, 0, 3, 0] = 255
+        return {"image": volume, "label": i % 2}
+
+
+def test_volume_flips_flip_each_axis_as_named():
+    """'h' flips W (left-right), 'v' flips H, 'd' flips D: with all three, the marked voxel reaches all
+    eight corners; with 'h' alone only its W coordinate changes."""
+    batch = take(loader(VolumeSource(128), global_batch_size=128, flips="hvd", shuffle=False), 1)[0]["image"]
+    assert batch.shape == (128, 4, 4, 4, 1)
+    corners = {tuple(c) for c in np.argwhere(batch[..., 0] > 0.5)[:, 1:]}
+    assert corners == {(d, h, w) for d in (0, 3) for h in (0, 3) for w in (0, 3)}
+    batch = take(loader(VolumeSource(64), global_batch_size=64, flips="h", shuffle=False), 1)[0]["image"]
+    assert {tuple(c) for c in np.argwhere(batch[..., 0] > 0.5)[:, 1:]} == {(0, 0, 0), (0, 0, 3)}
+
+
 def test_unreadable_images_are_skipped_and_counted_unless_strict():
     src = IndexSource(20, bad={3, 11})
     with loader(src, num_epochs=1, shuffle=False, drop_remainder=False) as it:

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from medfusion_jax.config import AutoencoderConfig, GANConfig, VAEConfig
+from medfusion_jax.data import DATASETS
 from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
 from medfusion_jax.training.presets import preset
 from medfusion_jax.training.stages import run_autoencoder
@@ -64,11 +65,13 @@ def make_config(args: argparse.Namespace) -> AutoencoderConfig:
                         disc_lr=args.disc_lr, gan_weight=args.gan_weight, fix_step_counter=args.fix_gan_step_counter,
                         disc_hid_chs=pick(args, values, "hid_chs"), disc_norm_groups=args.norm_groups)
     hid_chs = pick(args, values, "hid_chs")
+    info = DATASETS[args.dataset]  # images or volumes, and their channels
     return AutoencoderConfig(
         data=data_config(args, values, pick(args, values, "image_size")),
         run=run_config(args, values, "vaegan" if gan_mode else "autoencoder"),
         model=VAEConfig(emb_channels=pick(args, values, "emb_channels"), hid_chs=hid_chs, **levels(hid_chs),
-                        deep_supervision=pick(args, values, "deep_supervision"), norm_groups=args.norm_groups),
+                        deep_supervision=pick(args, values, "deep_supervision"), norm_groups=args.norm_groups,
+                        in_channels=info.channels, out_channels=info.channels, spatial_dims=info.spatial_dims),
         # VAEGAN's reconstruction term is L1 whatever the data set (spec 5.1).
         pixel_loss=args.pixel_loss or ("l1" if gan_mode else values["pixel_loss"]),
         perceptual_weight=pick(args, values, "perceptual_weight", 1.0),

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from medfusion_jax.config import DiffusionConfig, UNetConfig
+from medfusion_jax.data import DATASETS
 from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
 from medfusion_jax.training.presets import preset
 from medfusion_jax.training.stages import autoencoder_config, run_diffusion
@@ -61,7 +62,8 @@ def make_config(args: argparse.Namespace) -> DiffusionConfig:
         run=run_config(args, values, "diffusion"),
         autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
         model=UNetConfig(hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=pick(args, values, "time_emb_dim"),
-                         norm_groups=args.norm_groups, num_res_blocks=pick(args, values, "num_res_blocks", 2)),
+                         norm_groups=args.norm_groups, num_res_blocks=pick(args, values, "num_res_blocks", 2),
+                         spatial_dims=DATASETS[args.dataset].spatial_dims),
         lr=pick(args, values, "lr", 1e-4),
         weight_decay=args.weight_decay,
         cfg_dropout=args.cfg_dropout,

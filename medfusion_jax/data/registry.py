@@ -5,11 +5,12 @@ that training presets read: ``class_names`` (in reference index order), ``image_
 reference's / paper's size, or 64 for the CPU-sized phantoms), ``channels`` fed to the model (3, as
 the reference converts everything to RGB), ``stored_channels`` (1 for grayscale modalities, used
 for prepared data), ``splits``, ``builtin`` (needs no data dir), and the modality's measurement
-(``measure``, ``threshold``, ``positive_class``, ``feature``).
+(``measure``, ``threshold``, ``positive_class``, ``feature``), and ``spatial_dims`` (2 for images,
+3 for volumes: items are ``[D, H, W, C]`` cubes of side ``image_size``).
 
 Names: ``airogs``, ``chexpert``, ``crcdx``, ``folder``, ``phantom-fundus``, ``phantom-cxr``,
-``phantom-histo``. ``folder`` has no fixed classes (its entry's ``class_names`` is empty): they are
-the sub-folder names, in ``source.class_names``.
+``phantom-histo``, ``phantom-brain`` (volumes). ``folder`` has no fixed classes (its entry's
+``class_names`` is empty): they are the sub-folder names, in ``source.class_names``.
 
 :func:`make_dataset` returns an :class:`~medfusion_jax.data.source.ImageSource`: a phantom source,
 a source over data prepared by ``python -m medfusion_jax.data.prepare`` (array_record read through
@@ -25,7 +26,7 @@ import numpy as np
 
 from medfusion_jax.data import airogs, chexpert, crcdx, folder, prepared
 from medfusion_jax.data.errors import DataError
-from medfusion_jax.data.phantoms import PhantomSource, cxr, fundus, histo
+from medfusion_jax.data.phantoms import PhantomSource, brain, cxr, fundus, histo
 from medfusion_jax.data.source import ImageSource
 
 
@@ -50,6 +51,7 @@ class DatasetInfo:
     tfds_name: str | None = None
     opener: Callable[..., ImageSource] | None = dataclasses.field(default=None, compare=False, repr=False)
     render: Callable | None = dataclasses.field(default=None, compare=False, repr=False)
+    spatial_dims: int = 2
 
     def classify(self, image: np.ndarray) -> int:
         """The class the measurement indicates at the fixed threshold (binary data sets only)."""
@@ -147,6 +149,21 @@ DATASETS: dict[str, DatasetInfo] = {
             render=histo.render,
             **_measured(histo),
         ),
+        DatasetInfo(
+            name="phantom-brain",
+            description="Built-in T1 brain MRI volume phantom; class 1 has enlarged ventricles (ventricle-to-brain "
+                        "ratio above 0.06)",
+            modality="brain MRI",
+            class_names=brain.CLASS_NAMES,
+            image_size=32,
+            channels=1,
+            stored_channels=1,
+            splits=("train", "validation", "test"),
+            builtin=True,
+            render=brain.render,
+            spatial_dims=3,
+            **_measured(brain),
+        ),
     ]
 }
 
@@ -171,7 +188,8 @@ def make_dataset(
     allow_upscale: bool = False,
     use_prepared: bool | None = None,
 ) -> ImageSource:
-    """Opens a data set as a random-access source of ``{"image": uint8 [H, W, C], "label": int}``.
+    """Opens a data set as a random-access source of ``{"image": uint8 [H, W, C], "label": int}`` (volumes:
+    ``[D, H, W, C]``).
 
     Args:
       name: a key of :data:`DATASETS`.
@@ -179,7 +197,8 @@ def make_dataset(
         phantoms.
       split: ``train`` (all data sets), ``validation``/``test`` where the data set has them.
       image_size: output side length; defaults to the registry's ``image_size``.
-      channels: 3 (default; grayscale replicated, like the reference) or 1.
+      channels: the data set's default (3 for images: grayscale replicated, like the reference; 1 for
+        volumes) or 1.
       num_examples: phantoms only: items in the split (default 10,000 train, 1,000 otherwise).
       seed: phantoms only: the seed of the procedural generator.
       strict: raise :class:`DataError` on any problem of the index scan (missing files, unknown

@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from medfusion_jax.config import AutoencoderConfig
+from medfusion_jax.layers import set_remat
 from medfusion_jax.losses.autoencoder import vae_loss
 from medfusion_jax.losses.gan import vaegan_losses
 from medfusion_jax.losses.perceptual import VGG16, lpips_vgg_baseline
@@ -77,7 +78,8 @@ def module_specs(config: AutoencoderConfig) -> dict[str, dict[str, Any]]:
         num_outputs = 1 + config.model.deep_supervision
         for d in range(num_outputs):
             specs[f"discriminator_{d}"] = dict(
-                cls="Discriminator", kwargs=discriminator_kwargs(config.gan, config.model.out_channels))
+                cls="Discriminator", kwargs=discriminator_kwargs(config.gan, config.model.out_channels,
+                                                                 config.model.spatial_dims))
     return {name: {"class": s["cls"], "kwargs": s["kwargs"]} for name, s in specs.items()}
 
 
@@ -95,6 +97,7 @@ def init_autoencoder(
     dtype = config.run.dtype
     specs = module_specs(config)
     vae = build(VAE, specs["vae"]["kwargs"], seed=config.run.seed, dtype=dtype)
+    set_remat(vae, config.run.remat)
     vae_graph, vae_params = split_params(vae)
     if init_vae_params is not None:
         expected = jax.tree.map(np.shape, vae_params)

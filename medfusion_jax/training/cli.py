@@ -43,8 +43,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", required=True, choices=sorted(DATASETS),
                       help="data set; its preset sets every other default")
     data.add_argument("--data-dir", help="the data set's folder (not needed for the phantom-* data sets)")
-    data.add_argument("--image-size", type=int, help="side length of the square images")
-    data.add_argument("--flips", help="random flips: '', 'h', 'v' or 'hv' (preset per data set and stage)")
+    data.add_argument("--image-size", type=int, help="side length of the square images (of the cubic volumes)")
+    data.add_argument("--flips",
+                      help="random flips: '', 'h', 'v' or 'hv', volumes also 'd' (preset per data set and stage)")
     data.add_argument("--num-examples", type=int, help="phantom-* only: images in the training split")
     data.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this process)")
 
@@ -58,6 +59,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                      help="compute dtype; bfloat16 for GPU/TPU (parameters stay float32)")
     run.add_argument("--fsdp", action="store_true",
                      help="shard parameters and optimizer state over the devices instead of replicating them")
+    run.add_argument("--remat", action="store_true",
+                     help="recompute each residual block's activations in the backward pass instead of keeping "
+                          "them (less memory for large volumes, ~1/3 more compute; same values)")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     run.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the last K)")
     run.add_argument("--sync-checkpoints", action="store_true", help="write checkpoints before continuing")
@@ -108,6 +112,7 @@ def run_config(args: argparse.Namespace, preset: dict[str, Any], stage: str) -> 
         epochs=epochs,
         dtype=args.dtype,
         fsdp=args.fsdp,
+        remat=args.remat,
         checkpoint_every=pick(args, preset, "checkpoint_every", 1000),
         keep_checkpoints=args.keep_checkpoints,
         async_checkpoints=not args.sync_checkpoints,

@@ -33,6 +33,7 @@ from medfusion_jax.config import DiffusionConfig
 from medfusion_jax.diffusion.pipeline import generate_images
 from medfusion_jax.diffusion.schedule import schedule_from_config
 from medfusion_jax.images import image_grid
+from medfusion_jax.layers import set_remat
 from medfusion_jax.losses.diffusion import diffusion_loss
 from medfusion_jax.models import UNet
 from medfusion_jax.models.vae import reparameterize
@@ -72,6 +73,7 @@ def init_diffusion(
     """
     kwargs = unet_kwargs(config.model, latent_channels, num_classes)
     unet = build(UNet, kwargs, seed=config.run.seed, dtype=config.run.dtype)
+    set_remat(unet, config.run.remat)
     unet_graph, unet_params = split_params(unet)
     spec = DiffusionSpec(
         unet_graph=unet_graph,
@@ -138,7 +140,7 @@ def diffusion_train_step(state: State, constants: dict[str, Any], batch: dict[st
 
 
 def sample_grid(state: State, constants: dict[str, Any], vae_params: dict, *, spec: DiffusionSpec,
-                classes: list[int] | None, per_class: int, latent_size: tuple[int, int], num_steps: int,
+                classes: list[int] | None, per_class: int, latent_size: tuple[int, ...], num_steps: int,
                 guidance_scale: float, seed: int) -> np.ndarray:
     """A uint8 grid with one row of ``per_class`` samples per class (EMA weights when kept).
 

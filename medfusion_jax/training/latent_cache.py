@@ -53,13 +53,13 @@ def encode_source(source: ImageSource, vae_graph: nnx.GraphDef, vae_params: Any,
     def encode(params, images):
         return nnx.merge(vae_graph, params).posterior(images)
 
-    size = source.image_size
+    spatial = (source.image_size,) * source.info.spatial_dims  # square images or cubic volumes
     parts: dict[str, list[np.ndarray]] = {k: [] for k in FIELDS}
     with loader, tqdm(total=batches, desc="encoding latents", unit="batch", disable=index != 0) as bar:
         for _ in range(batches):
             local = next(loader, None)
             count = 0 if local is None else len(local["label"])
-            images = np.zeros((local_batch, size, size, source.channels), np.float32)
+            images = np.zeros((local_batch, *spatial, source.channels), np.float32)
             labels = np.zeros((local_batch,), np.int32)
             if count:
                 images[:count], labels[:count] = local["image"], local["label"]

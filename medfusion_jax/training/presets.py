@@ -64,6 +64,10 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
                            flips="hv"),
     "phantom-histo": dict(_AE_PHANTOM, emb_channels=PHANTOM_EMB_CHANNELS["phantom-histo"], pixel_loss="l1",
                           flips="hv"),
+    # Volumes, 32^3 -> 8 x 8^3 latents (two stride-2 levels); left-right flips only (the ventricles'
+    # asymmetry is drawn symmetric; up/down and front/back are not symmetric in a head).
+    "phantom-brain": dict(_AE_PHANTOM, image_size=32, batch_size=4, steps=1000, checkpoint_every=250,
+                          image_every=250, hid_chs=(16, 32, 32), emb_channels=8, pixel_loss="l1", flips="h"),
 }
 
 _DIFF_PAPER: dict[str, Any] = dict(
@@ -82,6 +86,7 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     "phantom-cxr": dict(_DIFF_PHANTOM),
     "phantom-fundus": dict(_DIFF_PHANTOM),
     "phantom-histo": dict(_DIFF_PHANTOM),
+    "phantom-brain": dict(_DIFF_PHANTOM, batch_size=16, hid_chs=(32, 32, 64), time_emb_dim=128),
 }
 
 

@@ -133,6 +133,10 @@ def run_diffusion(config: DiffusionConfig, *, resume: bool | None = None, mesh: 
     source = open_source(config.data)
     if config.data.image_size % vae.downsampling:
         raise ValueError(f"--image-size {config.data.image_size} must be divisible by {vae.downsampling}")
+    if vae.spatial_dims != config.model.spatial_dims:
+        kinds = {2: "images", 3: "volumes"}
+        raise ValueError(f"--autoencoder {config.autoencoder} was trained on {kinds[vae.spatial_dims]}, and "
+                         f"--dataset {config.data.dataset} holds {kinds[config.model.spatial_dims]}")
     latent = config.data.image_size // vae.downsampling
     classes = list(range(len(source.class_names))) or None
     spec, state, constants, unet_kwargs = diffusion_task.init_diffusion(
@@ -167,7 +171,8 @@ def run_diffusion(config: DiffusionConfig, *, resume: bool | None = None, mesh: 
         weights = {k: state[k] for k in ("params", "ema") if k in state}
         return diffusion_task.sample_grid(
             jax.device_put(weights, replicated(mesh)), device_constants, preview_vae, spec=spec, classes=classes,
-            per_class=config.samples_per_class, latent_size=(latent, latent), num_steps=config.sample_steps,
+            per_class=config.samples_per_class, latent_size=(latent,) * vae.spatial_dims,
+            num_steps=config.sample_steps,
             guidance_scale=config.guidance_scale, seed=config.run.seed)
 
     task = Task(

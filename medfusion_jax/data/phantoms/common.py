@@ -167,7 +167,9 @@ class PhantomSource(ImageSource):
             raise IndexError(f"{self.info.name}: index {index} out of range [0, {self.num_examples})")
         label = self.label(index)
         image = to_uint8(self.render(rng_for(self.seed, self.split, index), label, self.image_size))
-        if self.channels == 1:
+        if image.shape[-1] == 1:  # single-channel renderers (volumes): replicated if 3 channels are asked
+            image = np.repeat(image, self.channels, axis=-1)
+        elif self.channels == 1:
             # The gray phantom has three equal channels; RGB phantoms use ITU-R 601 luma like PIL.
             image = np.round(image.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
             image = image.astype(np.uint8)[:, :, None]
