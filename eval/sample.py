@@ -151,7 +151,7 @@ def run(args) -> dict:
     latent = size // vae.downsampling
     settings = SampleSettings(num_steps=args.steps, eta=args.eta, guidance_scale=args.guidance, clip_x0=clip_x0,
                               seed=args.seed)
-    sampler = ImageSampler(unet, vae, schedule, latent_size=(latent, latent), settings=settings,
+    sampler = ImageSampler(unet, vae, schedule, latent_size=(latent,) * vae.spatial_dims, settings=settings,
                            batch_size=args.batch_size)
     manifest = dict(
         info, random_init=bool(args.random_init), classes=[c for c, _ in groups], class_names=class_names,

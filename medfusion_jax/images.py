@@ -118,6 +118,43 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
             tmp.unlink()
 
 
+#: Our volume axes (D, H, W) = inferior -> superior, anterior -> posterior, right -> left, stored in NIfTI
+#: as (x, y, z) = (W, H, D) with 1 mm voxels: x runs to the left (-R), y to the back (-A), z up (+S).
+NIFTI_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+NIFTI_SUFFIX = ".nii.gz"
+
+
+def _nifti_data(volume: np.ndarray) -> np.ndarray:
+    """[D, H, W, C] -> NIfTI's [x, y, z] (one channel) or [x, y, z, C]."""
+    data = np.transpose(np.asarray(volume), (2, 1, 0, 3))
+    return data[..., 0] if data.shape[-1] == 1 else data
+
+
+def write_nifti_atomic(path: Path, volume: np.ndarray) -> None:
+    """Write a ``[D, H, W, C]`` volume as compressed NIfTI-1 (:data:`NIFTI_AFFINE`), through a temporary
+    file and ``os.replace``, like :func:`write_png_atomic`."""
+    import nibabel  # a volume-only need: imported when volumes are written
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{NIFTI_SUFFIX}")
+    try:
+        nibabel.save(nibabel.Nifti1Image(_nifti_data(volume), NIFTI_AFFINE), tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_nifti(path: str | Path) -> np.ndarray:
+    """A volume written by :func:`write_nifti_atomic`, back as ``[D, H, W, C]`` in its stored dtype."""
+    import nibabel
+
+    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    if data.ndim == 3:
+        data = data[..., None]
+    return np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3)))
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as indented JSON through a temporary file and ``os.replace`` (never half a file)."""
     path = Path(path)

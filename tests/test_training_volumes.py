@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eval import sample as sample_cli
+from medfusion_jax.images import read_nifti
 from medfusion_jax.models import VAE, UNet
 from medfusion_jax.run_folder import load_trained
 from medfusion_jax.training.logging import read_metrics
@@ -83,6 +85,19 @@ def test_volume_diffusion_trains_on_cached_latents_and_samples_volumes(volume_au
     # Two sampled volumes per class, shown by their mid-slices.
     preview = np.asarray(Image.open(tmp_path / "images" / "step_0000020.png"))
     assert preview.shape[:2] == (2 * (16 + 2) + 2, 2 * (3 * 16 + 2) + 2)
+
+    # eval.sample writes volumes as NIfTI files, the grid as mid-slices, and completes an interrupted set.
+    out = tmp_path / "samples"
+    sample = ["--checkpoint", str(tmp_path), "--out", str(out), "--steps", "3", "--quiet"]
+    assert sample_cli.main([*sample, "--num-per-class", "1"]) == 0
+    first = (out / "ventriculomegaly" / "000000.nii.gz").stat().st_mtime_ns
+    assert sample_cli.main([*sample, "--num-per-class", "2"]) == 0
+    assert (out / "ventriculomegaly" / "000000.nii.gz").stat().st_mtime_ns == first  # kept, not redrawn
+    manifest = json.loads((out / "samples.json").read_text())
+    assert manifest["counts"] == {"normal ventricles": 2, "ventriculomegaly": 2}
+    volume = read_nifti(out / "ventriculomegaly" / "000001.nii.gz")
+    assert volume.shape == (16, 16, 16, 1) and volume.dtype == np.uint8
+    assert np.asarray(Image.open(out / "grid.png")).shape[:2] == (2 * (16 + 2) + 2, 2 * (3 * 16 + 2) + 2)
 
 
 def test_a_diffusion_run_refuses_an_autoencoder_of_the_other_kind(volume_autoencoder, tmp_path):

@@ -137,6 +137,16 @@ def _modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     return np.asarray(apply_modality_lut(arr, ds), np.float64)
 
 
+def modality_values(ds) -> np.ndarray:
+    """The stored values of a single-frame grayscale DICOM slice in its modality's units (CT: Hounsfield
+    units through RescaleSlope/Intercept), float64 [rows, columns]; no windowing (volumes are
+    normalised as a whole)."""
+    arr = ds.pixel_array
+    if arr.ndim != 2:
+        raise ValueError(f"expected one grayscale frame, got pixel array shape {arr.shape}")
+    return _modality_lut(arr, ds)
+
+
 def _first(value) -> float:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = value[0]

@@ -9,8 +9,9 @@ for prepared data), ``splits``, ``builtin`` (needs no data dir), and the modalit
 3 for volumes: items are ``[D, H, W, C]`` cubes of side ``image_size``).
 
 Names: ``airogs``, ``chexpert``, ``crcdx``, ``folder``, ``phantom-fundus``, ``phantom-cxr``,
-``phantom-histo``, ``phantom-brain`` (volumes). ``folder`` has no fixed classes (its entry's
-``class_names`` is empty): they are the sub-folder names, in ``source.class_names``.
+``phantom-histo``, and for volumes ``phantom-brain`` and ``volume-folder``. ``folder`` and
+``volume-folder`` have no fixed classes (their entries' ``class_names`` are empty): they are the
+sub-folder names (or a CSV's labels), in ``source.class_names``.
 
 :func:`make_dataset` returns an :class:`~medfusion_jax.data.source.ImageSource`: a phantom source,
 a source over data prepared by ``python -m medfusion_jax.data.prepare`` (array_record read through
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medfusion_jax.data import airogs, chexpert, crcdx, folder, prepared
+from medfusion_jax.data import airogs, chexpert, crcdx, folder, prepared, volumes
 from medfusion_jax.data.errors import DataError
 from medfusion_jax.data.phantoms import PhantomSource, brain, cxr, fundus, histo
 from medfusion_jax.data.source import ImageSource
@@ -114,6 +115,17 @@ DATASETS: dict[str, DatasetInfo] = {
             class_names=(),
             image_size=256,
             opener=folder.open_source,
+        ),
+        DatasetInfo(
+            name="volume-folder",
+            description="Any CT/MRI volumes: NIfTI files or DICOM series, one class per folder or a labels.csv",
+            modality="CT/MRI",
+            class_names=(),
+            image_size=64,
+            channels=1,
+            stored_channels=1,
+            opener=volumes.open_source,
+            spatial_dims=3,
         ),
         DatasetInfo(
             name="phantom-fundus",

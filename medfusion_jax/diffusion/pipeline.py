@@ -45,7 +45,7 @@ def generate_images(
     labels: jax.Array | None,
     key: jax.Array,
     *,
-    latent_size: tuple[int, int],
+    latent_size: tuple[int, ...],
     batch_size: int | None = None,
     num_steps: int = 150,
     eta: float = 1.0,
@@ -108,7 +108,7 @@ class ImageSampler:
     every call has the same shapes and compiles once.
     """
 
-    def __init__(self, unet: UNet, vae: VAE, schedule: NoiseSchedule, *, latent_size: tuple[int, int],
+    def __init__(self, unet: UNet, vae: VAE, schedule: NoiseSchedule, *, latent_size: tuple[int, ...],
                  settings: SampleSettings, batch_size: int, mesh: Mesh | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")

@@ -1,9 +1,10 @@
 """Sample folders: generated images on disk in the ImageFolder layout, resumable image by image.
 
-Layout: ``OUT/<class name>/%06d.png``, ``OUT/grid.png`` (the first :data:`GRID_COLUMNS` images of every
-class, one row each) and ``OUT/samples.json`` (every setting). The images come from an
-:class:`~medfusion_jax.diffusion.pipeline.ImageSampler`, whose image ``i`` of class ``c`` depends on (seed,
-class, index, settings) only, so an interrupted set can be completed image by image.
+Layout: ``OUT/<class name>/%06d.png`` (volumes: ``%06d.nii.gz``, NIfTI), ``OUT/grid.png`` (the first
+:data:`GRID_COLUMNS` images of every class, one row each; volumes by their mid-slices) and
+``OUT/samples.json`` (every setting). The images come from an
+:class:`~medfusion_jax.diffusion.pipeline.ImageSampler`, whose image ``i`` of class ``c`` depends on
+(seed, class, index, settings) only, so an interrupted set can be completed image by image.
 
 Resume: ``samples.json`` is written before the first image; a rerun into the same folder checks that the
 settings that determine the images match it (:data:`IDENTITY_KEYS`, :class:`SampleFolderMismatch`
@@ -22,7 +23,15 @@ import numpy as np
 from tqdm import tqdm
 
 from medfusion_jax.diffusion.pipeline import KEY_DERIVATION, ImageSampler
-from medfusion_jax.images import image_grid, read_png, write_json_atomic, write_png_atomic
+from medfusion_jax.images import (
+    NIFTI_SUFFIX,
+    image_grid,
+    read_nifti,
+    read_png,
+    write_json_atomic,
+    write_nifti_atomic,
+    write_png_atomic,
+)
 
 MANIFEST = "samples.json"
 GRID = "grid.png"
@@ -48,14 +57,22 @@ class SampleFolderMismatch(SampleFolderError):
                          "use another output folder or --overwrite")
 
 
-def image_path(out: Path, folder: str, index: int) -> Path:
-    return Path(out) / folder / f"{index:06d}.png"
+def image_path(out: Path, folder: str, index: int, volumes: bool = False) -> Path:
+    return Path(out) / folder / f"{index:06d}{NIFTI_SUFFIX if volumes else '.png'}"
 
 
 def write_images(paths: Sequence[Path], images: np.ndarray) -> None:
-    """Write one batch of images (each atomically)."""
+    """Write one batch of images (each atomically): PNGs, or NIfTI files for volumes ``[N, D, H, W, C]``."""
     for path, image in zip(paths, images, strict=True):
-        write_png_atomic(path, image)
+        if image.ndim == 4:
+            write_nifti_atomic(path, image)
+        else:
+            write_png_atomic(path, image)
+
+
+def read_item(path: Path) -> np.ndarray:
+    """One generated image (PNG) or volume (NIfTI) back as uint8."""
+    return read_nifti(path) if path.name.endswith(NIFTI_SUFFIX) else read_png(path)
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
@@ -96,17 +113,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
-    for tmp in folder.glob(".*.tmp"):
+    for tmp in folder.glob(".*.tmp*"):  # .name.PID.tmp (PNG) and .name.PID.tmp.nii.gz (NIfTI)
         tmp.unlink(missing_ok=True)
 
 
 def missing_items(out: Path, groups: Sequence[tuple[int | None, str]], num_per_class: int,
-                  *, overwrite: bool = False) -> list[tuple[int | None, int, Path]]:
+                  *, overwrite: bool = False, volumes: bool = False) -> list[tuple[int | None, int, Path]]:
     """(class, index, path) of every requested image not on disk yet (all of them with ``overwrite``)."""
     todo = []
     for cls, folder in groups:
         for index in range(num_per_class):
-            path = image_path(out, folder, index)
+            path = image_path(out, folder, index, volumes)
             if overwrite or not path.is_file():
                 todo.append((cls, index, path))
     return todo
@@ -141,7 +158,9 @@ def sample_to_folder(
     for _, folder in groups:
         (out / folder).mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(out / folder)
-    todo = missing_items(out, groups, num_per_class, overwrite=overwrite)
+    # Volumes when the latents have three spatial axes (the manifest's latent_shape is (..., channels)).
+    volumes = len(manifest.get("latent_shape") or ()) == 4
+    todo = missing_items(out, groups, num_per_class, overwrite=overwrite, volumes=volumes)
     with tqdm(total=len(todo), unit="img", desc="sampling", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -149,9 +168,10 @@ def sample_to_folder(
             write_images([path for _, _, path in chunk], images)
             bar.update(len(chunk))
     columns = min(GRID_COLUMNS, num_per_class)
-    tiles = [read_png(image_path(out, folder, i)) for _, folder in groups for i in range(columns)]
-    write_png_atomic(out / GRID, image_grid(np.stack(tiles), columns=columns))
+    tiles = [read_item(image_path(out, folder, i, volumes)) for _, folder in groups for i in range(columns)]
+    write_png_atomic(out / GRID, image_grid(np.stack(tiles), columns=columns))  # volumes: mid-slices
+    pattern = f"[0-9]*{NIFTI_SUFFIX if volumes else '.png'}"
     final = {**manifest, "complete": True,
-             "counts": {name: sum(1 for _ in (out / name).glob("[0-9]*.png")) for _, name in groups}}
+             "counts": {name: sum(1 for _ in (out / name).glob(pattern)) for _, name in groups}}
     write_json_atomic(out / MANIFEST, final)
     return {**final, "written": len(todo)}

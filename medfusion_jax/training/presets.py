@@ -64,6 +64,10 @@ AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
                            flips="hv"),
     "phantom-histo": dict(_AE_PHANTOM, emb_channels=PHANTOM_EMB_CHANNELS["phantom-histo"], pixel_loss="l1",
                           flips="hv"),
+    # Any CT/MRI volumes: the paper's autoencoder built in 3-D, flips on every axis as the original's
+    # SimpleDataset3D; no perceptual term (LPIPS is 2-D); batch 1 (memory per step: bench/memory3d.py).
+    "volume-folder": dict(_AE_PAPER, image_size=64, batch_size=1, emb_channels=8, pixel_loss="l1", flips="hvd",
+                          perceptual_weight=0.0),
     # Volumes, 32^3 -> 8 x 8^3 latents (two stride-2 levels); left-right flips only (the ventricles'
     # asymmetry is drawn symmetric; up/down and front/back are not symmetric in a head).
     "phantom-brain": dict(_AE_PHANTOM, image_size=32, batch_size=4, steps=1000, checkpoint_every=250,
@@ -86,6 +90,7 @@ DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     "phantom-cxr": dict(_DIFF_PHANTOM),
     "phantom-fundus": dict(_DIFF_PHANTOM),
     "phantom-histo": dict(_DIFF_PHANTOM),
+    "volume-folder": dict(_DIFF_PAPER, batch_size=4),
     "phantom-brain": dict(_DIFF_PHANTOM, batch_size=16, hid_chs=(32, 32, 64), time_emb_dim=128),
 }
 
