@@ -204,7 +204,7 @@ def test_bucketed_initial_draws_equal_the_direct_draws_bit_for_bit(impl):
     with JAX's counter-based generators that is the same numbers as drawing the parameter's own shape."""
     assert jax.config.jax_threefry_partitionable  # else Threefry keys are drawn directly (and this is moot)
     key = jax.random.key(7, impl=impl)
-    for shape in [(3, 3, 8, 16), (16,), (2, 1000), (3, 3, 3, 5, 7), (3, 3, 128, 128)]:
+    for shape in [(3, 3, 8, 16), (7,), (3, 3, 3, 5, 7)]:
         for draw in (lambda k, s: jax.random.uniform(k, s, jnp.float32, -0.2, 0.2),
                      lambda k, s: jax.random.normal(k, s, jnp.float32)):
             np.testing.assert_array_equal(_draw_bucketed(draw, key, shape), draw(key, shape))

@@ -1,4 +1,5 @@
-"""A step sharded over 8 devices equals the single-device step (loss and updated parameters, 1e-5).
+"""A step sharded over 8 devices equals the single-device step (loss and updated parameters, 1e-5), for
+images and for volumes.
 
 XLA_FLAGS must be set before JAX starts, so the comparison runs in a subprocess with 8 host devices.
 The autoencoder step includes the VGG16 perceptual term; the diffusion step encodes images with a frozen
@@ -38,7 +39,7 @@ rng = np.random.default_rng(0)
 batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32), "label": np.arange(8, dtype=np.int32) % 2}
 
 
-def step(fn, static, spec, state, constants, mesh, fsdp):
+def step(fn, static, spec, state, constants, mesh, fsdp, batch):
     shardings = state_shardings(state, mesh, fsdp)
     new, metrics = compiled_step(fn, static, spec, shardings, mesh)(
         jax.device_put(state, shardings), jax.device_put(constants, replicated(mesh)), global_batch(batch, mesh))
@@ -54,10 +55,10 @@ def relative(a, b):
     return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def compare(name, fn, static, spec, state, constants, fsdp):
+def compare(name, fn, static, spec, state, constants, fsdp, batch=batch):
     state = jax.device_get(state)  # host copies: the step donates (deletes) the device arrays it is given
-    one = step(fn, static, spec, state, constants, make_mesh(jax.devices()[:1]), False)
-    eight = step(fn, static, spec, state, constants, make_mesh(), fsdp)
+    one = step(fn, static, spec, state, constants, make_mesh(jax.devices()[:1]), False, batch)
+    eight = step(fn, static, spec, state, constants, make_mesh(), fsdp, batch)
     lr = spec.config.lr
     worst_metric = max(relative(one[1][k], eight[1][k]) for k in one[1])
     groups = {"opt_state": [], "ema": [], "params": [], "param_step": []}
@@ -85,6 +86,15 @@ spec, state, constants = autoencoder_task.init_autoencoder(ae_config)
 fn, static = autoencoder_task.train_step_for(spec, 0)
 report = {"autoencoder": compare("autoencoder", fn, static, spec, state, constants, False)}
 
+# Volumes: a two-level 3-D autoencoder on 8^3 single-channel volumes (no perceptual term: LPIPS is 2-D).
+volumes = {"image": rng.uniform(-1, 1, (8, 8, 8, 8, 1)).astype(np.float32), "label": np.arange(8, dtype=np.int32) % 2}
+vol_config = AutoencoderConfig(data=DataConfig("phantom-brain", image_size=8), run=run, perceptual_weight=0.0,
+                               model=VAEConfig(hid_chs=(8, 8), kernel_sizes=(3, 3), strides=(1, 2), deep_supervision=0,
+                                               in_channels=1, out_channels=1, spatial_dims=3))
+spec, state, constants = autoencoder_task.init_autoencoder(vol_config)
+fn, static = autoencoder_task.train_step_for(spec, 0)
+report["autoencoder_3d"] = compare("autoencoder_3d", fn, static, spec, state, constants, False, volumes)
+
 vae_graph, vae_params = split_params(build(VAE, dict(hid_chs=(8, 16, 16), emb_channels=4, **LEVELS)))
 diff_config = DiffusionConfig(data=data, run=run, autoencoder="unused",
                               model=UNetConfig(hid_chs=(32, 32, 64), time_emb_dim=64, norm_groups=8, **LEVELS))
@@ -106,7 +116,7 @@ def report():
     return json.loads(line[len("REPORT"):])
 
 
-@pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
+@pytest.mark.parametrize("stage", ["autoencoder", "autoencoder_3d", "diffusion"])
 def test_sharded_step_equals_single_device_step(report, stage):
     result = report[stage]
     assert result["worst_metric"] < 1e-5, result
