@@ -13,18 +13,20 @@ allocated: the train state is abstract (``jax.eval_shape``), so the 545M-paramet
 nothing but compile time.
 
 Memory = arguments + outputs - donated aliases + temporaries of the compiled program (the same
-statistic as ``bench/train.py``), in float32, in GiB (a "24 GB" or "80 GB" GPU has 24 or 80 GiB). Beside it, ``residuals_gib``: what JAX's automatic
-differentiation keeps from the forward pass for the backward pass (``saved_residuals`` of the network
-with an L1 loss: the VAE's forward for the autoencoder, the UNet's for the diffusion step), the
-activation memory that ``--remat`` removes. XLA:CPU does not show that saving in its own analysis: it
-expands the optimization barriers that keep recomputation apart early in its pipeline and then merges
-the recomputed activations with the forward ones (measured on four 64^3 x 16-channel residual blocks:
-XLA:CPU's temporaries grow by the same 96 MiB per block with and without remat, while the residuals JAX
-keeps fall from 272 MiB to 80 MiB). The largest cubes are therefore found without remat, from XLA's
-figures; what remat saves is the residual column. Then, per network and remat setting, the largest cubic
-volume (side a multiple of 32) whose batch-1 step fits 24 GB and 80 GB: the memory is affine in the
-number of voxels, the side is predicted from the line through the two sizes, then compiled and measured
-(stepping down by 32 while it does not fit), and the next side up is measured to show it does not.
+statistic as ``bench/train.py``), in float32, in GiB (a "24 GB" or "80 GB" GPU has 24 or 80 GiB).
+Beside it, ``residuals_gib``: what JAX's automatic differentiation keeps from the forward pass for the
+backward pass (``saved_residuals`` of the network with an L1 loss: the VAE's forward for the
+autoencoder, the UNet's for the diffusion step), the activation memory that ``--remat`` removes.
+XLA:CPU's own analysis does not show that saving: its compiled program holds the forward activations
+although JAX marks them for recomputation (measured on four 64^3 x 16-channel residual blocks: the
+temporaries grow by the same 96 MiB per block with and without remat, while the residuals JAX keeps
+fall from 272 MiB to 80 MiB; the compiled program has only some of the recomputed convolutions).
+
+Then, per network, the largest cubic volume (side a multiple of 32) whose batch-1 step fits 24 and 80
+GiB, from XLA's figures without remat (what remat saves is the residual column): the memory is affine
+in the number of voxels, the side is predicted from the line through the two sizes, then compiled and
+measured (stepping down by 32 while it does not fit), and the next side up is measured to show it does
+not.
 
 The figures are XLA:CPU's buffer assignment. A GPU compilation fuses and schedules differently and adds
 convolution workspace; treat them as the size of what the step must hold, not a GPU reading.
