@@ -14,6 +14,10 @@ unless ``--weights``). Precision/recall: Medfusion's improved PR on the same fea
 KID: TorchMetrics' ``KernelInceptionDistance`` (100 subsets of min(1000, n_real, n_fake) images,
 mean ± std), unbiased, so it is the number to compare at a few hundred images where FID's bias
 dominates. KID and precision/recall need per-image features on both sides (not a ``mu``/``sigma`` file).
+
+As a multi-process job (the multi-host flags, or ``--distributed``) every process extracts the features
+of its share of each side's images; they are gathered once, and the numbers are those of one process
+(process 0 prints and writes them).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+
 from medfusion_jax import command
-from medfusion_jax.command import CommandError
+from medfusion_jax.command import CommandError, add_multihost_flags
 from medfusion_jax.evaluation.feature_sets import resolve_feature_set
 from medfusion_jax.evaluation.features import InceptionFeatureExtractor
 from medfusion_jax.evaluation.image_scores import score_feature_sets
+from medfusion_jax.mesh import initialize_distributed
 from medfusion_jax.metrics.precision_recall import VARIANTS
 
 
@@ -75,7 +82,11 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (TorchMetrics: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of KID's random subsets")
     parser.add_argument("--no-progress", action="store_true")
+    add_multihost_flags(parser)
     args = parser.parse_args(argv)
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                           from_environment=args.distributed)
+    main_process = jax.process_index() == 0
 
     extractor: list[InceptionFeatureExtractor] = []
 
@@ -88,7 +99,7 @@ def _main(argv: list[str] | None) -> int:
     side = dict(data_dir=args.data_dir, split=args.split, image_size=args.image_size,
                 num_examples=args.num_examples, progress=not args.no_progress)
     real = resolve_feature_set(args.real, get_extractor, **side)
-    if args.save_stats:
+    if args.save_stats and main_process:
         real.save(args.save_stats)
         print(f"saved the real features to {args.save_stats}", file=sys.stderr)
     fake = resolve_feature_set(args.fake, get_extractor, **side)
@@ -107,6 +118,8 @@ def _main(argv: list[str] | None) -> int:
                 print(f"skipping class {name!r}: fewer than 2 images on a side", file=sys.stderr)
                 continue
             rows.append(score_feature_sets(r, f, name or "(root)", **opts).to_dict())
+    if not main_process:  # every process computed the same numbers; process 0 reports them
+        return 0
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"real": str(args.real), "fake": str(args.fake), "resize": args.resize,

@@ -13,7 +13,9 @@ none), ``OUT/grid.png`` (one row of up to 8 images per class) and ``OUT/samples.
 Images are uint8, truncated as the reference's sample_dataset.py does, and each is a function of the
 seed, its class, its index and the settings, not of the batch it was drawn in. Rerun with the same
 arguments, an interrupted command writes only the missing images; a folder made with other settings
-is refused unless ``--overwrite``. Batches are split over every visible device.
+is refused unless ``--overwrite``. Batches are split over every visible device. As a multi-process
+job (``--coordinator-address``/``--num-processes``/``--process-id`` or ``--distributed``), each process
+generates its share of the missing images on its own devices: the same set, image for image.
 
 ``--random-init`` samples from freshly initialised (untrained) networks of a small configuration: it
 exercises the whole chain without a checkpoint. Like the reference, a fresh autoencoder's output layer
@@ -31,10 +33,11 @@ import jax
 from flax import nnx
 
 from medfusion_jax import command
-from medfusion_jax.command import CommandError, first_line
+from medfusion_jax.command import CommandError, add_multihost_flags, first_line
 from medfusion_jax.diffusion.pipeline import ImageSampler, SampleSettings
 from medfusion_jax.diffusion.schedule import make_schedule, schedule_from_config
 from medfusion_jax.evaluation.sample_folder import SampleFolderError, sample_to_folder
+from medfusion_jax.mesh import barrier, initialize_distributed, make_mesh
 from medfusion_jax.models import VAE, UNet
 
 # Small networks for --random-init: 64x64 images, 8x8x4 latents.
@@ -59,11 +62,12 @@ def parse_args(argv):
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16,
-                   help="images per batch over all devices (rounded up to a multiple of the device count)")
+                   help="images per batch over this process's devices (rounded up to a multiple of their count)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate every image even if OUT holds samples (also made with other settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_multihost_flags(p)
     args = p.parse_args(argv)
     if args.num_per_class < 1 or args.batch_size < 1:
         p.error("--num-per-class and --batch-size must be positive")
@@ -141,6 +145,8 @@ def _groups(requested, num_classes: int | None, class_names: list[str]) -> list[
 
 
 def run(args) -> dict:
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                           from_environment=args.distributed)
     if args.random_init:
         unet, vae, schedule, size, class_names, clip_x0, info = _random_init(args.seed)
     else:
@@ -151,17 +157,21 @@ def run(args) -> dict:
     latent = size // vae.downsampling
     settings = SampleSettings(num_steps=args.steps, eta=args.eta, guidance_scale=args.guidance, clip_x0=clip_x0,
                               seed=args.seed)
+    # Each process samples its share of the images on its own devices (no collectives between them).
     sampler = ImageSampler(unet, vae, schedule, latent_size=(latent,) * vae.spatial_dims, settings=settings,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, mesh=make_mesh(jax.local_devices()))
     manifest = dict(
         info, random_init=bool(args.random_init), classes=[c for c, _ in groups], class_names=class_names,
         steps=args.steps, eta=args.eta, guidance=args.guidance, seed=args.seed, clip_x0=clip_x0,
         image_size=size, latent_shape=list(sampler.latent_shape), batch_size=sampler.batch_size,
-        devices=sampler.mesh.devices.size, device_kind=jax.devices()[0].device_kind,
+        devices=sampler.mesh.devices.size, processes=jax.process_count(), device_kind=jax.devices()[0].device_kind,
     )
     try:
         return sample_to_folder(sampler, args.out, groups=groups, num_per_class=args.num_per_class,
-                                manifest=manifest, overwrite=args.overwrite, progress=not args.quiet)
+                                manifest=manifest, overwrite=args.overwrite,
+                                progress=not args.quiet and jax.process_index() == 0,
+                                process_index=jax.process_index(), process_count=jax.process_count(),
+                                barrier=barrier)
     except SampleFolderError as err:  # the output folder does not fit (e.g. other settings)
         raise CommandError(str(err)) from None
 

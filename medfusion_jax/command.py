@@ -70,3 +70,14 @@ def run(body: Callable[[], int | None], *, prog: str | None = None) -> int:
         print(f"error: {str(err).strip() or type(err).__name__}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK if code is None else int(code)
+
+
+def add_multihost_flags(parser) -> None:
+    """The flags that join a multi-process job, the same for every command that can run as one. All are
+    global (the same on every process) except ``--process-id``."""
+    dist = parser.add_argument_group("multi-host (every flag is the same on all processes but --process-id)")
+    dist.add_argument("--coordinator-address", help="host:port of process 0 (with --num-processes, --process-id)")
+    dist.add_argument("--num-processes", type=int, help="processes in the job (global)")
+    dist.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (per process)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")

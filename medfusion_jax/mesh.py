@@ -47,6 +47,42 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
+def host_local(tree: Any) -> Any:
+    """Arrays that span other processes' devices (e.g. replicated restored weights) as this process's own
+    copy (numpy), so that they can be placed on a process-local mesh; other leaves unchanged."""
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return x
+    return jax.tree.map(local, tree)
+
+
+def process_block(n: int) -> tuple[int, int]:
+    """[start, stop) of this process's contiguous share of ``n`` items (all of them for one process)."""
+    p, count = jax.process_index(), jax.process_count()
+    return p * n // count, (p + 1) * n // count
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's rows of ``local`` (any number per process, same trailing shape and dtype), in
+    process order, on every process; ``local`` itself for one process."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+    counts = np.asarray(multihost_utils.process_allgather(np.asarray([len(local)], np.int32))).reshape(-1)
+    padded = np.zeros((int(counts.max()), *local.shape[1:]), local.dtype)
+    padded[:len(local)] = local
+    stacked = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max rows, ...]
+    return np.concatenate([stacked[p, :n] for p, n in enumerate(counts)])
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the job reaches the barrier ``name`` (nothing for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh (axis ``"data"``) over ``devices`` (default: every device of every process)."""
     return Mesh(np.asarray(list(devices) if devices is not None else jax.devices()), (DATA_AXIS,))

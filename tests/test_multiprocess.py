@@ -46,7 +46,11 @@ def _env(devices: int) -> dict[str, str]:
 
 def _train(run_dir: Path, processes: int, devices: int, module: str = "train.autoencoder",
            flags: list[str] = FLAGS) -> list[subprocess.CompletedProcess]:
-    args = [sys.executable, "-m", module, *flags, "--run-dir", str(run_dir)]
+    return _launch([sys.executable, "-m", module, *flags, "--run-dir", str(run_dir)], processes, devices)
+
+
+def _launch(args: list[str], processes: int, devices: int) -> list[subprocess.CompletedProcess]:
+    """Run ``args`` as one process, or as a job of ``processes`` processes on localhost."""
     if processes == 1:
         return [subprocess.run(args, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=600)]
     port = _free_port()
@@ -111,9 +115,9 @@ def test_each_process_reads_only_its_shard(runs):
     assert sorted(states) == ["process_0-of-2.json", "process_1-of-2.json"], states
 
 
-def test_latent_cache_built_by_two_processes_is_the_one_process_cache(runs, tmp_path_factory):
-    """--cache-latents: the encoding is split over the processes and gathered; the cache and the diffusion
-    losses equal those of one process (issue 14 item 3)."""
+@pytest.fixture(scope="module")
+def diffusion_runs(runs, tmp_path_factory):
+    """Diffusion runs on cached latents of the one-process autoencoder: (1 x 4 devices, 2 x 2 devices)."""
     autoencoder, _ = runs
     flags = ["--dataset", "phantom-cxr", "--image-size", "32", "--num-examples", "64", "--autoencoder",
              str(autoencoder), "--cache-latents", "--batch-size", "8", "--steps", "3", "--log-every", "1",
@@ -123,6 +127,13 @@ def test_latent_cache_built_by_two_processes_is_the_one_process_cache(runs, tmp_
     for run_dir, processes, devices in ((one, 1, 4), (two, 2, 2)):
         for result in _train(run_dir, processes, devices, "train.diffusion", flags):
             assert result.returncode == 0, result.stderr[-3000:]
+    return one, two
+
+
+def test_latent_cache_built_by_two_processes_is_the_one_process_cache(diffusion_runs):
+    """--cache-latents: the encoding is split over the processes and gathered; the cache and the diffusion
+    losses equal those of one process (issue 14 item 3)."""
+    one, two = diffusion_runs
     for name in ("mean", "logvar", "label"):
         a, b = np.load(one / "latents" / f"{name}.npy"), np.load(two / "latents" / f"{name}.npy")
         assert a.shape == b.shape and a.shape[0] == 64
@@ -133,6 +144,73 @@ def test_latent_cache_built_by_two_processes_is_the_one_process_cache(runs, tmp_
     # which Adam normalises for near-zero gradients, shows (measured 4.6e-5 at step 2).
     assert a[1] == b[1]
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) < 1e-4, (a, b)
+
+
+def _written(result: subprocess.CompletedProcess) -> int:
+    """N of eval.sample's 'wrote N images' line (gloo prints its own lines to stdout too)."""
+    import re
+    (match,) = re.findall(r"^wrote (\d+) images", result.stdout, re.M)
+    return int(match)
+
+
+def test_two_processes_sample_the_one_process_set_and_complete_it(diffusion_runs, tmp_path):
+    """eval.sample as a 2-process job (1 device each): every process writes its share, and the set equals the
+    one-process set (this test process) image for image; rerun after images were lost, it writes only those (item 4)."""
+    from eval import sample as sample_cli
+    from medfusion_jax.images import read_png
+
+    one, _ = diffusion_runs
+    outs = {"one": tmp_path / "one", "two": tmp_path / "two"}
+    flags = ["--checkpoint", str(one), "--num-per-class", "3", "--steps", "3", "--batch-size", "2", "--quiet"]
+    assert sample_cli.main([*flags, "--out", str(outs["one"])]) == 0  # the reference: this process
+    results = _launch([sys.executable, "-m", "eval.sample", *flags, "--out", str(outs["two"])], 2, 1)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert sorted(_written(r) for r in results) == [3, 3], [r.stdout for r in results]  # 6 images, 3 each
+    files = sorted(p.relative_to(outs["one"]) for p in outs["one"].rglob("[0-9]*.png"))
+    assert len(files) == 6 and files == sorted(p.relative_to(outs["two"]) for p in outs["two"].rglob("[0-9]*.png"))
+    for f in files:
+        np.testing.assert_array_equal(read_png(outs["two"] / f), read_png(outs["one"] / f))
+    assert json.loads((outs["two"] / "samples.json").read_text())["processes"] == 2
+    # Lose two images; the 2-process rerun writes those two again (equal to before) and keeps the others.
+    lost = [files[1], files[5]]
+    kept = {f: (outs["two"] / f).stat().st_mtime_ns for f in files if f not in lost}
+    for f in lost:
+        (outs["two"] / f).unlink()
+    args = [sys.executable, "-m", "eval.sample", "--checkpoint", str(one), "--out", str(outs["two"]),
+            "--num-per-class", "3", "--steps", "3", "--batch-size", "2", "--quiet"]
+    results = _launch(args, 2, 1)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert sorted(_written(r) for r in results) == [1, 1], [r.stdout for r in results]
+    for f in lost:
+        np.testing.assert_array_equal(read_png(outs["two"] / f), read_png(outs["one"] / f))
+    assert all((outs["two"] / f).stat().st_mtime_ns == t for f, t in kept.items())
+
+
+def test_two_processes_score_as_one(tmp_path):
+    """eval.fid as a 2-process job: each process extracts the Inception features of its share of each side
+    (13 dataset images and 10 files: uneven shares), gathered once; FID, KID and precision/recall per class
+    equal the one-process numbers (item 5)."""
+    from medfusion_jax.data import make_dataset
+    from medfusion_jax.images import save_png
+
+    fake = tmp_path / "fake"
+    source = make_dataset("phantom-cxr", split="validation", image_size=32, num_examples=10)
+    for i in range(10):
+        item = source[i]
+        save_png(fake / source.class_names[item["label"]] / f"{i:03d}.png", item["image"])
+    from eval import fid as fid_cli
+
+    flags = ["--real", "phantom-cxr", "--split", "test", "--num-examples", "13", "--image-size", "32", "--fake",
+             str(fake), "--per-class", "--kid-subsets", "5", "--no-progress"]
+    assert fid_cli.main([*flags, "--json", str(tmp_path / "one.json")]) == 0  # the reference: this process
+    results = _launch([sys.executable, "-m", "eval.fid", *flags, "--json", str(tmp_path / "two.json")], 2, 1)
+    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in ("one", "two"))
+    assert [r["subset"] for r in one] == [r["subset"] for r in two] == ["all", "cardiomegaly", "no cardiomegaly"]
+    for a, b in zip(one, two, strict=True):
+        assert (a["n_real"], a["n_fake"]) == (b["n_real"], b["n_fake"])
+        for key in ("fid", "kid_mean", "kid_std", "precision", "recall"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["subset"], key, a[key], b[key])
 
 
 def test_a_two_process_checkpoint_resumes_with_one_process(runs, tmp_path_factory):

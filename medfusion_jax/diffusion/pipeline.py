@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from medfusion_jax.diffusion.sampler import sample_latents
 from medfusion_jax.diffusion.schedule import NoiseSchedule
 from medfusion_jax.images import to_uint8
-from medfusion_jax.mesh import batch_sharding, make_mesh, replicated
+from medfusion_jax.mesh import batch_sharding, host_local, make_mesh, replicated
 from medfusion_jax.models import VAE, UNet
 
 #: How image keys are derived; part of the manifest so that a future change cannot silently mix sets.
@@ -122,6 +122,8 @@ class ImageSampler:
         rep = replicated(self.mesh)
         self._unet_graph, unet_params = nnx.split(unet)
         self._vae_graph, vae_params = nnx.split(vae)
+        # Weights restored over every device of a multi-process job: this process's copy, for its own mesh.
+        unet_params, vae_params = host_local((unet_params, vae_params))
         self._unet_params = jax.device_put(unet_params, rep)
         self._vae_params = jax.device_put(vae_params, rep)
         self._schedule = jax.device_put(schedule, rep)

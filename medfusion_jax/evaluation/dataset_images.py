@@ -23,20 +23,22 @@ class DatasetImages:
 
     def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train",
                  image_size: int | None = None, channels: int = 3, num_examples: int | None = None,
-                 limit: int | None = None):
+                 limit: int | None = None, start: int = 0, stop: int | None = None):
         self.name, self.split = name, split
         self.source = make_dataset(name, data_dir=data_dir, split=split, image_size=image_size,
                                    channels=channels, num_examples=num_examples)
         self.total = len(self.source) if limit is None else min(len(self.source), max(0, int(limit)))
+        # Items [start, stop) of those (one process's share of a multi-process evaluation).
+        self.start, self.stop = max(0, start), self.total if stop is None else min(stop, self.total)
         self.labels: list[str] = []
         self.skipped: list[str] = []
 
     def __len__(self) -> int:
         """Items that will be read (unreadable ones among them are skipped)."""
-        return self.total
+        return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(self.total):
+        for i in range(self.start, self.stop):
             try:
                 item = self.source[i]
             except ImageError as err:

@@ -14,12 +14,17 @@ import dataclasses
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from medfusion_jax.data import DATASETS
 from medfusion_jax.evaluation.dataset_images import DatasetImages
 from medfusion_jax.images import ImageFilesError, iter_images, list_image_files
+from medfusion_jax.mesh import gather_rows, process_block
 from medfusion_jax.metrics.fid import FeatureStats
+
+#: Width of the Inception pool features.
+POOL_FEATURES = 2048
 
 
 @dataclasses.dataclass
@@ -77,10 +82,23 @@ def load_feature_set(path: str | os.PathLike) -> FeatureSet:
     raise ValueError(f"{path} is not a statistics file: expected 'features', 'num/sum/outer_sum' or 'mu/sigma'")
 
 
+def _extract_share(extractor, images, count: int, *, progress: bool, desc: str) -> np.ndarray:
+    """Pool features of this process's ``count`` images ([0, 2048] when it has none)."""
+    if count == 0:
+        return np.zeros((0, POOL_FEATURES), np.float32)
+    return extractor.extract(images, total=count, progress=progress, desc=desc)["pool"]
+
+
 def folder_feature_set(folder: str | os.PathLike, extractor, *, progress: bool = True) -> FeatureSet:
-    """Inception features of every image of ``folder`` (class sub-folders allowed)."""
+    """Inception features of every image of ``folder`` (class sub-folders allowed).
+
+    In a multi-process job each process extracts a contiguous share of the files and the features are
+    gathered once: every process gets the one-process feature set."""
     files = list_image_files(folder)
-    pool = extractor.extract(iter_images(files), total=len(files), progress=progress, desc=str(folder))["pool"]
+    start, stop = process_block(len(files))
+    local = _extract_share(extractor, iter_images(files[start:stop]), stop - start, desc=str(folder),
+                           progress=progress and jax.process_index() == 0)
+    pool = gather_rows(local)
     return FeatureSet.from_features(pool, np.array([f.label for f in files], dtype=object), str(folder))
 
 
@@ -92,12 +110,21 @@ def dataset_feature_set(name: str, extractor, *, data_dir: str | None = None, sp
     Images come as the training pipeline prepares them (resize/crop of the dataset), in 3 channels.
     Unreadable images are skipped, as in training, and reported.
     """
+    whole = DatasetImages(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
+                          num_examples=num_examples)
+    start, stop = process_block(whole.total)  # this process's share (all items for one process)
     images = DatasetImages(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
-                           num_examples=num_examples)
-    pool = extractor.extract(iter(images), total=len(images), progress=progress, desc=name)["pool"]
-    if images.skipped:
-        print(images.skipped_note())
-    return FeatureSet.from_features(pool, np.array(images.labels, dtype=object), f"{name}:{split}")
+                           num_examples=num_examples, start=start, stop=stop)
+    local = _extract_share(extractor, iter(images), len(images), desc=name,
+                           progress=progress and jax.process_index() == 0)
+    class_names = list(images.source.class_names)
+    pool = gather_rows(local)
+    labels = gather_rows(np.asarray([class_names.index(c) for c in images.labels], np.int32))
+    skipped = int(gather_rows(np.asarray([len(images.skipped)], np.int32)).sum())
+    if skipped and jax.process_index() == 0:
+        note = images.skipped_note() or f"skipped {skipped} unreadable images of {name}"
+        print(note if skipped == len(images.skipped) else f"{note} ({skipped} over all processes)")
+    return FeatureSet.from_features(pool, np.array([class_names[i] for i in labels], dtype=object), f"{name}:{split}")
 
 
 def resolve_feature_set(source: str | os.PathLike, extractor_factory, *, data_dir: str | None = None,

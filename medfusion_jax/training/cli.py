@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medfusion_jax import command
-from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError
+from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_multihost_flags
 from medfusion_jax.config import DTYPES, DataConfig, RunConfig
 from medfusion_jax.data import DATASETS
 from medfusion_jax.mesh import initialize_distributed
@@ -74,12 +74,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                         help="start a new run, and fail if --run-dir already has checkpoints")
 
-    dist = parser.add_argument_group("multi-host")
-    dist.add_argument("--coordinator-address", help="host:port of process 0 (with --num-processes, --process-id)")
-    dist.add_argument("--num-processes", type=int)
-    dist.add_argument("--process-id", type=int)
-    dist.add_argument("--distributed", action="store_true",
-                      help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")
+    add_multihost_flags(parser)
 
 
 def pick(args: argparse.Namespace, preset: dict[str, Any], name: str, default: Any = None) -> Any:
