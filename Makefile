@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml Makefile
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Two workers (pytest-xdist), one test file per worker at a time so that module fixtures (trained runs) are
+# built once: the suite's compilations are mostly single-threaded. TEST_ARGS= "-n 0" runs it in one process.
+TEST_ARGS ?= -n 2 --dist loadfile
+
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TEST_ARGS)
 
 # The main job: parity with the reference goldens, then the whole pipeline on a built-in dataset
 # (train both stages, sample, score, report). DATASET= picks another dataset, DEMO_ARGS= adds flags
