@@ -87,7 +87,46 @@ class ImageSource:
         )
 
 
-class FileSource(ImageSource):
+class RecordSource(ImageSource):
+    """Items of the user's files listed by an index of :class:`Record` (paths, labels, class names and the
+    problems of the scan); subclasses read one item (:class:`FileSource` an image, volumes a volume)."""
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        records: Sequence[Record],
+        *,
+        split: str,
+        image_size: int,
+        channels: int,
+        class_names: Sequence[str] | None = None,
+        problems: Sequence[Problem] = (),
+        root: str = "",
+    ):
+        super().__init__(info, split=split, image_size=image_size, channels=channels)
+        self._class_names = tuple(class_names) if class_names is not None else info.class_names
+        self.paths = [r.path for r in records]
+        self.keys = [r.key for r in records]
+        self.labels = np.asarray([r.label for r in records], np.int32)
+        self.problems = list(problems)
+        self.root = root
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
+
+    def describe_item(self, index: int) -> str:
+        return self.paths[index]
+
+
+class FileSource(RecordSource):
     """Images read from the user's files through an index of :class:`Record`.
 
     ``geometry`` is the reference's resize/crop (see :func:`medfusion_jax.data.images.fit`).
@@ -107,22 +146,10 @@ class FileSource(ImageSource):
         problems: Sequence[Problem] = (),
         root: str = "",
     ):
-        super().__init__(info, split=split, image_size=image_size, channels=channels)
-        self._class_names = tuple(class_names) if class_names is not None else info.class_names
-        self.paths = [r.path for r in records]
-        self.keys = [r.key for r in records]
-        self.labels = np.asarray([r.label for r in records], np.int32)
+        super().__init__(info, records, split=split, image_size=image_size, channels=channels,
+                         class_names=class_names, problems=problems, root=root)
         self.geometry = geometry
         self.allow_upscale = allow_upscale
-        self.problems = list(problems)
-        self.root = root
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image = images.load_image(
@@ -133,13 +160,6 @@ class FileSource(ImageSource):
             allow_upscale=self.allow_upscale,
         )
         return {"image": image, "label": int(self.labels[index])}
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
-
-    def describe_item(self, index: int) -> str:
-        return self.paths[index]
 
 
 def walk_images(root: str) -> list[str]:

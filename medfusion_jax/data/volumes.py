@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from medfusion_jax.data import images
 from medfusion_jax.data.errors import DataError, ImageError, Problem, require_dir
-from medfusion_jax.data.source import ImageSource, Record, finish_index
+from medfusion_jax.data.source import Record, RecordSource, finish_index
 
 if TYPE_CHECKING:
     from medfusion_jax.data.registry import DatasetInfo
@@ -260,38 +260,20 @@ def index(data_dir: str, split: str) -> tuple[list[Record], list[Problem], tuple
     return records, problems, tuple(class_dirs), root
 
 
-class VolumeSource(ImageSource):
+class VolumeSource(RecordSource):
     """Volumes of the user's files: ``source[i]`` -> ``{"image": uint8 [S, S, S, C], "label": int}``."""
 
     def __init__(self, info: DatasetInfo, records: list[Record], *, split: str, image_size: int, channels: int,
                  class_names: tuple[str, ...], problems: list[Problem], root: str,
                  options: VolumeTransform = VolumeTransform()):
-        super().__init__(info, split=split, image_size=image_size, channels=channels)
-        self._class_names = class_names
-        self.paths = [r.path for r in records]
-        self.labels = np.asarray([r.label for r in records], np.int32)
-        self.problems = list(problems)
-        self.root = root
+        super().__init__(info, records, split=split, image_size=image_size, channels=channels,
+                         class_names=class_names, problems=problems, root=root)
         self.options = options
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._class_names
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         volume = read_volume(self.paths[index])
         return {"image": transform(volume, self.image_size, self.options, self.channels),
                 "label": int(self.labels[index])}
-
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {name: int(n) for name, n in zip(self.class_names, counts, strict=True)}
-
-    def describe_item(self, index: int) -> str:
-        return self.paths[index]
 
 
 def open_source(info: DatasetInfo, data_dir: str | None, *, split: str = "train", image_size: int | None = None,

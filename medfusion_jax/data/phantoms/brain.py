@@ -125,16 +125,6 @@ def _as_volume(volume: np.ndarray) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers)
-    between = w0 * w1 * (m0 / np.maximum(w0, 1) - (m0[-1] - m0) / np.maximum(w1, 1)) ** 2
-    return float(centers[int(np.argmax(between))])
-
-
 def _dark_and_grey_means(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """Mean intensities of the two lower classes of a three-class Otsu split (maximal between-class
     variance). Inside the head those are the dark class (skull, CSF) and grey matter, whatever the
@@ -163,7 +153,7 @@ def measure(volume: np.ndarray) -> float:
         return float("nan")
     v = np.clip((v - lo) / (hi - lo), 0.0, 1.0)
     smooth = ndimage.gaussian_filter(v, 0.5)
-    head = ndimage.binary_fill_holes(smooth > _otsu(smooth))
+    head = ndimage.binary_fill_holes(smooth > common.otsu_threshold(smooth))
     if head.sum() < 0.02 * v.size:
         return float("nan")
     # Inside the head: dark (skull, CSF) against tissue (grey and white matter, scalp).

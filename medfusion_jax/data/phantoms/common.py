@@ -102,6 +102,19 @@ def splat(size: int, xs: np.ndarray, ys: np.ndarray, weights: np.ndarray | float
     return canvas[1:-1, 1:-1]
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """Otsu's threshold of values in [0, 1]: the histogram bin centre that maximises the between-class variance."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 

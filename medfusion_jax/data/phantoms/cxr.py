@@ -114,18 +114,6 @@ def _axis_for_width(half_width: float, ry: float, angle: float) -> float:
     return float(np.sqrt(max(half_width**2 - (ry * s) ** 2, 1e-4)) / abs(c))
 
 
-def _otsu(values: np.ndarray, bins: int = 128) -> float:
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centers[int(np.argmax(between))])
-
-
 def measure(image: np.ndarray) -> float:
     """Cardiothoracic ratio of a frontal chest radiograph (uint8 or float, [H, W] or [H, W, C])."""
     gray = common.as_float(image).mean(axis=2)
@@ -135,7 +123,7 @@ def measure(image: np.ndarray) -> float:
     if hi <= lo:
         return float("nan")
     gray = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
-    dark = gray < _otsu(gray)
+    dark = gray < common.otsu_threshold(gray)
     labels, n = ndimage.label(dark)
     if n == 0:
         return float("nan")
