@@ -30,11 +30,10 @@ from pathlib import Path
 import jax
 
 from medfusion_jax import command
-from medfusion_jax.command import CommandError, add_multihost_flags
+from medfusion_jax.command import CommandError, add_multihost_flags, join_job
 from medfusion_jax.evaluation.feature_sets import resolve_feature_set
 from medfusion_jax.evaluation.features import InceptionFeatureExtractor
 from medfusion_jax.evaluation.image_scores import score_feature_sets
-from medfusion_jax.mesh import initialize_distributed
 from medfusion_jax.metrics.precision_recall import VARIANTS
 
 
@@ -84,8 +83,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     add_multihost_flags(parser)
     args = parser.parse_args(argv)
-    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                           from_environment=args.distributed)
+    join_job(args)
     main_process = jax.process_index() == 0
 
     extractor: list[InceptionFeatureExtractor] = []

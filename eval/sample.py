@@ -33,11 +33,11 @@ import jax
 from flax import nnx
 
 from medfusion_jax import command
-from medfusion_jax.command import CommandError, add_multihost_flags, first_line
+from medfusion_jax.command import CommandError, add_multihost_flags, first_line, join_job
 from medfusion_jax.diffusion.pipeline import ImageSampler, SampleSettings
 from medfusion_jax.diffusion.schedule import make_schedule, schedule_from_config
 from medfusion_jax.evaluation.sample_folder import SampleFolderError, sample_to_folder
-from medfusion_jax.mesh import barrier, initialize_distributed, make_mesh
+from medfusion_jax.mesh import barrier, make_mesh
 from medfusion_jax.models import VAE, UNet
 
 # Small networks for --random-init: 64x64 images, 8x8x4 latents.
@@ -145,8 +145,7 @@ def _groups(requested, num_classes: int | None, class_names: list[str]) -> list[
 
 
 def run(args) -> dict:
-    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                           from_environment=args.distributed)
+    join_job(args)
     if args.random_init:
         unet, vae, schedule, size, class_names, clip_x0, info = _random_init(args.seed)
     else:

@@ -81,3 +81,17 @@ def add_multihost_flags(parser) -> None:
     dist.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (per process)")
     dist.add_argument("--distributed", action="store_true",
                       help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")
+    dist.add_argument("--init-timeout", type=int, default=300,
+                      help="seconds to wait for every process to join before giving up with a message (global)")
+
+
+def join_job(args) -> None:
+    """Join the multi-process job that the flags of :func:`add_multihost_flags` describe (if any), then
+    check that every process was started with the same flags (all but ``--process-id``): a difference
+    stops every process, naming the flags and each process's value."""
+    from medfusion_jax.mesh import check_same_on_every_process, initialize_distributed
+
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                           from_environment=args.distributed, timeout=args.init_timeout)
+    flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k != "process_id"}
+    check_same_on_every_process(flags, "flags")

@@ -26,25 +26,70 @@ DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2**14
 
 
+#: Seconds a process waits for the whole job to come up (``jax.distributed``'s default).
+INIT_TIMEOUT = 300
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
     *,
     from_environment: bool = False,
+    timeout: int = INIT_TIMEOUT,
 ) -> None:
     """Join a multi-process run. Nothing happens for a single process without flags.
 
     With ``coordinator_address`` (host:port of process 0), ``num_processes`` and ``process_id`` given,
-    they are used; with ``from_environment`` they are detected from the cluster's environment.
+    they are used; with ``from_environment`` they are detected from the cluster's environment. A process
+    whose coordinator does not answer within ``timeout`` seconds ends with a ValueError that says so. When a
+    process is missing, JAX itself ends the others after ``timeout`` (its DEADLINE_EXCEEDED abort).
     """
     explicit = (coordinator_address, num_processes, process_id)
     if any(v is not None for v in explicit):
         if any(v is None for v in explicit):
             raise ValueError("--coordinator-address, --num-processes and --process-id go together: give all three")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif from_environment:
-        jax.distributed.initialize()
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process-id {process_id} must be in 0..{num_processes - 1} (--num-processes)")
+        if process_id != 0:
+            # JAX aborts the process (a fatal log, no Python exception) when it cannot reach the coordinator:
+            # wait for its port here first, so that an absent coordinator gets a message and exit status 2.
+            timeout = _wait_for_coordinator(coordinator_address, process_id, num_processes, timeout)
+    elif not from_environment:
+        return
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - JAX raises its runtime error type; the message is ours
+        where = f"coordinator {coordinator_address}" if coordinator_address else "the cluster's coordinator"
+        who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{who} could not join the job within {timeout} s at {where}: is every process started, with the "
+            f"same --coordinator-address and --num-processes, and is process 0's address reachable? "
+            f"(--init-timeout sets the wait; JAX: {first})") from None
+
+
+def _wait_for_coordinator(address: str, process_id: int, num_processes: int, timeout: int) -> int:
+    """Wait until ``address`` (host:port) accepts connections; the seconds of ``timeout`` left (at least 1)."""
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator-address {address!r}: expected host:port")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return max(1, int(deadline - time.monotonic()))
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise ValueError(
+                    f"process {process_id} of {num_processes} could not join the job within {timeout} s: the "
+                    f"coordinator {address} (process 0) does not answer ({err.strerror or err}); is process 0 "
+                    "started with this --coordinator-address, and is it reachable from here? (--init-timeout "
+                    "sets the wait)") from None
+            time.sleep(0.5)
 
 
 def host_local(tree: Any) -> Any:
@@ -74,6 +119,26 @@ def gather_rows(local: np.ndarray) -> np.ndarray:
     padded[:len(local)] = local
     stacked = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max rows, ...]
     return np.concatenate([stacked[p, :n] for p, n in enumerate(counts)])
+
+
+def check_same_on_every_process(values: dict[str, Any], what: str) -> None:
+    """Raise ValueError on every process when the processes hold different ``values`` (a flat dict of
+    JSON-able settings), naming each differing key with every process's value; nothing for one process.
+
+    A job whose processes were started with different settings would train or sample something else on
+    each host, or hang in a collective of another shape; all of them stop before any work instead."""
+    if jax.process_count() == 1:
+        return
+    import json
+    encoded = np.frombuffer(json.dumps(values, sort_keys=True, default=str).encode(), np.uint8)
+    lengths = gather_rows(np.asarray([len(encoded)], np.int64))
+    chunks = np.split(gather_rows(encoded), np.cumsum(lengths)[:-1])
+    every = [json.loads(bytes(chunk)) for chunk in chunks]
+    keys = sorted(set().union(*every))
+    differing = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in every}) > 1]
+    if differing:
+        parts = [f"{k} ({', '.join(f'process {p}: {v.get(k)!r}' for p, v in enumerate(every))})" for k in differing]
+        raise ValueError(f"the {len(every)} processes were started with different {what}: " + "; ".join(parts))
 
 
 def barrier(name: str) -> None:

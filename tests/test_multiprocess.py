@@ -234,6 +234,37 @@ def test_a_two_process_checkpoint_resumes_with_one_process(runs, tmp_path_factor
     assert max(abs(a[s] - b[s]) / abs(a[s]) for s in (STEPS + 1, STEPS + 2)) < 1e-5, (a, b)
 
 
+def test_processes_started_with_different_flags_all_stop_naming_them(tmp_path):
+    """Item 7: a job whose processes were given different flags stops on every process before any work, with
+    exit status 2 and a message naming the flag and each process's value."""
+    port = _free_port()
+    base = [sys.executable, "-m", "train.autoencoder", *FLAGS, "--run-dir", str(tmp_path / "run"),
+            "--coordinator-address", f"localhost:{port}", "--num-processes", "2"]
+    procs = [subprocess.Popen([*base, "--process-id", str(i), *(["--lr", "0.5"] if i == 1 else [])], cwd=ROOT,
+                              env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-2000:]
+        assert "were started with different flags: --lr (process 0: None, process 1: 0.5)" in err, err[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_coordinator_that_never_comes_up_ends_with_a_message(tmp_path):
+    """Item 7: process 1 of a job whose coordinator (process 0) is never started gives up after --init-timeout
+    with a message, instead of waiting for JAX's default 300 s."""
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "train.autoencoder", *FLAGS, "--run-dir", str(tmp_path / "run"),
+                           "--coordinator-address", f"localhost:{_free_port()}", "--num-processes", "2",
+                           "--process-id", "1", "--init-timeout", "5"], cwd=ROOT, env=_env(1), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "process 1 of 2 could not join the job within 5 s: the coordinator localhost:" in proc.stderr
+    assert time.monotonic() - start < 120
+
+
 def test_data_state_conversion():
     from medfusion_jax.training.checkpointing import convert_data_state
 

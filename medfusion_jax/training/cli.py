@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from medfusion_jax import command
-from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_multihost_flags
+from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, add_multihost_flags, join_job
 from medfusion_jax.config import DTYPES, DataConfig, RunConfig
 from medfusion_jax.data import DATASETS
-from medfusion_jax.mesh import initialize_distributed
 from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
 
 
@@ -125,8 +124,7 @@ def run_main(args: argparse.Namespace, make_config: Callable[[argparse.Namespace
 
 def _train(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any],
            run: Callable[..., TrainResult]) -> int:
-    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                           from_environment=args.distributed)
+    join_job(args)
     config = make_config(args)
     try:
         result = run(config, resume=args.resume)
