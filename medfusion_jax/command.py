@@ -83,6 +83,9 @@ def add_multihost_flags(parser) -> None:
                       help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")
     dist.add_argument("--init-timeout", type=int, default=300,
                       help="seconds to wait for every process to join before giving up with a message (global)")
+    dist.add_argument("--heartbeat-timeout", type=int, default=100,
+                      help="seconds without a sign of life after which a process counts as lost and the job "
+                           "ends on every process (global; JAX's default 100)")
 
 
 def join_job(args) -> None:
@@ -92,6 +95,7 @@ def join_job(args) -> None:
     from medfusion_jax.mesh import check_same_on_every_process, initialize_distributed
 
     initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
-                           from_environment=args.distributed, timeout=args.init_timeout)
+                           from_environment=args.distributed, timeout=args.init_timeout,
+                           heartbeat_timeout=args.heartbeat_timeout)
     flags = {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k != "process_id"}
     check_same_on_every_process(flags, "flags")

@@ -37,13 +37,16 @@ def initialize_distributed(
     *,
     from_environment: bool = False,
     timeout: int = INIT_TIMEOUT,
+    heartbeat_timeout: int = 100,
 ) -> None:
     """Join a multi-process run. Nothing happens for a single process without flags.
 
     With ``coordinator_address`` (host:port of process 0), ``num_processes`` and ``process_id`` given,
     they are used; with ``from_environment`` they are detected from the cluster's environment. A process
     whose coordinator does not answer within ``timeout`` seconds ends with a ValueError that says so. When a
-    process is missing, JAX itself ends the others after ``timeout`` (its DEADLINE_EXCEEDED abort).
+    process is missing, JAX itself ends the others after ``timeout`` (its DEADLINE_EXCEEDED abort); a
+    process lost later (killed, its host gone) is detected after ``heartbeat_timeout`` seconds without a
+    heartbeat, and JAX ends the others.
     """
     explicit = (coordinator_address, num_processes, process_id)
     if any(v is not None for v in explicit):
@@ -58,7 +61,8 @@ def initialize_distributed(
     elif not from_environment:
         return
     try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout)
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=heartbeat_timeout)
     except Exception as err:  # noqa: BLE001 - JAX raises its runtime error type; the message is ours
         where = f"coordinator {coordinator_address}" if coordinator_address else "the cluster's coordinator"
         who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
