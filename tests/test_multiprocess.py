@@ -213,25 +213,29 @@ def test_two_processes_score_as_one(tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["subset"], key, a[key], b[key])
 
 
-def test_a_two_process_checkpoint_resumes_with_one_process(runs, tmp_path_factory):
-    """Item 2: a job saved by 2 processes continues with 1 at the same global data position: steps 7-8 equal
-    those of the one-process run resumed from its own step 6."""
+def test_a_checkpoint_resumes_with_another_number_of_processes(runs, tmp_path_factory):
+    """Item 2: a job saved by 2 processes continues with 1, and one saved by 1 continues with 2, at the same
+    global data position: steps 7-8 equal those of the one-process run resumed from its own step 6."""
     import shutil
 
     one, two = runs
     resumed = {}
-    for name, src in (("from_one", one), ("from_two", two)):
+    for name, src, processes, devices in (("from_one", one, 1, 4), ("from_two", two, 1, 4),
+                                          ("one_to_two", one, 2, 2)):
         run_dir = tmp_path_factory.mktemp(name) / "run"
         shutil.copytree(src, run_dir)
         flags = [f if f != str(STEPS) else str(STEPS + 2) for f in FLAGS]
-        (result,) = _train(run_dir, 1, 4, flags=flags)
-        assert result.returncode == 0, result.stderr[-3000:]
+        results = _train(run_dir, processes, devices, flags=flags)
+        assert all(r.returncode == 0 for r in results), [r.stderr[-3000:] for r in results]
         resumed[name] = _losses(run_dir)
         if name == "from_two":
-            assert "written by 2 process(es), with 1" in result.stderr
-    a, b = resumed["from_one"], resumed["from_two"]
-    assert sorted(a) == sorted(b) == list(range(1, STEPS + 3))
-    assert max(abs(a[s] - b[s]) / abs(a[s]) for s in (STEPS + 1, STEPS + 2)) < 1e-5, (a, b)
+            assert "written by 2 process(es), with 1" in results[0].stderr
+    # And the reverse (1 -> 2 processes): the same global data position, the same steps 7-8.
+    a = resumed["from_one"]
+    for name in ("from_two", "one_to_two"):
+        b = resumed[name]
+        assert sorted(a) == sorted(b) == list(range(1, STEPS + 3))
+        assert max(abs(a[s] - b[s]) / abs(a[s]) for s in (STEPS + 1, STEPS + 2)) < 1e-5, (name, a, b)
 
 
 KILL_PROCESS_1 = """
