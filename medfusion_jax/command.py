@@ -75,15 +75,17 @@ def run(body: Callable[[], int | None], *, prog: str | None = None) -> int:
 def add_multihost_flags(parser) -> None:
     """The flags that join a multi-process job, the same for every command that can run as one. All are
     global (the same on every process) except ``--process-id``."""
+    from medfusion_jax.mesh import HEARTBEAT_TIMEOUT, INIT_TIMEOUT
+
     dist = parser.add_argument_group("multi-host (every flag is the same on all processes but --process-id)")
     dist.add_argument("--coordinator-address", help="host:port of process 0 (with --num-processes, --process-id)")
     dist.add_argument("--num-processes", type=int, help="processes in the job (global)")
     dist.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (per process)")
     dist.add_argument("--distributed", action="store_true",
                       help="join a multi-process run configured by the cluster's environment (SLURM, TPU, ...)")
-    dist.add_argument("--init-timeout", type=int, default=300,
+    dist.add_argument("--init-timeout", type=int, default=INIT_TIMEOUT,
                       help="seconds to wait for every process to join before giving up with a message (global)")
-    dist.add_argument("--heartbeat-timeout", type=int, default=100,
+    dist.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_TIMEOUT,
                       help="seconds without a sign of life after which a process counts as lost and the job "
                            "ends on every process (global; JAX's default 100)")
 

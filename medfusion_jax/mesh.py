@@ -26,8 +26,10 @@ DATA_AXIS = "data"
 FSDP_MIN_SIZE = 2**14
 
 
-#: Seconds a process waits for the whole job to come up (``jax.distributed``'s default).
+#: Seconds a process waits for the whole job to come up, and seconds without a heartbeat after which a
+#: process counts as lost (``jax.distributed``'s defaults).
 INIT_TIMEOUT = 300
+HEARTBEAT_TIMEOUT = 100
 
 
 def initialize_distributed(
@@ -37,7 +39,7 @@ def initialize_distributed(
     *,
     from_environment: bool = False,
     timeout: int = INIT_TIMEOUT,
-    heartbeat_timeout: int = 100,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
 ) -> None:
     """Join a multi-process run. Nothing happens for a single process without flags.
 

@@ -23,13 +23,13 @@ class DatasetImages:
 
     def __init__(self, name: str, *, data_dir: str | None = None, split: str = "train",
                  image_size: int | None = None, channels: int = 3, num_examples: int | None = None,
-                 limit: int | None = None, start: int = 0, stop: int | None = None):
+                 limit: int | None = None):
         self.name, self.split = name, split
         self.source = make_dataset(name, data_dir=data_dir, split=split, image_size=image_size,
                                    channels=channels, num_examples=num_examples)
         self.total = len(self.source) if limit is None else min(len(self.source), max(0, int(limit)))
-        # Items [start, stop) of those (one process's share of a multi-process evaluation).
-        self.start, self.stop = max(0, start), self.total if stop is None else min(stop, self.total)
+        #: Items [start, stop) of those are read (a process's share in a multi-process evaluation).
+        self.start, self.stop = 0, self.total
         self.labels: list[str] = []
         self.skipped: list[str] = []
 

@@ -110,11 +110,9 @@ def dataset_feature_set(name: str, extractor, *, data_dir: str | None = None, sp
     Images come as the training pipeline prepares them (resize/crop of the dataset), in 3 channels.
     Unreadable images are skipped, as in training, and reported.
     """
-    whole = DatasetImages(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
-                          num_examples=num_examples)
-    start, stop = process_block(whole.total)  # this process's share (all items for one process)
     images = DatasetImages(name, data_dir=data_dir, split=split, image_size=image_size, channels=3,
-                           num_examples=num_examples, start=start, stop=stop)
+                           num_examples=num_examples)
+    images.start, images.stop = process_block(images.total)  # this process's share (all of it for one)
     local = _extract_share(extractor, iter(images), len(images), desc=name,
                            progress=progress and jax.process_index() == 0)
     class_names = list(images.source.class_names)
