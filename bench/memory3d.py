@@ -50,6 +50,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from medfusion_jax import layers  # noqa: E402
+
+# XLA's own 3-D convolution, as on a GPU (the CPU's 2-D depth-tap form, layers.CONV3D, holds other buffers).
+layers.CONV3D = "native"
 from medfusion_jax.config import (  # noqa: E402
     AutoencoderConfig,
     DataConfig,

@@ -17,6 +17,14 @@ Parameter names are chosen so that the dotted path of a parameter in our modules
 PyTorch state_dict up to the leaf name (``kernel``/``scale``/``embedding`` -> ``weight``); the few
 places where PyTorch uses ``nn.Sequential`` indices are mapped in :mod:`medfusion_jax.convert`.
 
+Volumes on a CPU: XLA:CPU's own 3-D convolution is slow (on 2 cores, a 16->16-channel 3x3x3 convolution of
+4 x 32^3 voxels runs at ~25 GFLOP/s, its backward through a stride-2 convolution ~25x slower than
+the 2-D path). :func:`conv` computes a 3-D convolution there as one 2-D convolution: the depth taps
+are stacked along the input channels, so XLA's fast 2-D kernels do the work (the same sums in
+another rounding order; ``bench/conv3d.py`` measures both). ``MEDFUSION_JAX_CONV3D=native`` (or
+:data:`CONV3D` = ``"native"``) keeps XLA's 3-D convolution; ``"depth-taps"`` uses the 2-D form on every
+backend; the default ``"auto"`` uses it on a CPU only (GPUs and TPUs have fast 3-D convolutions).
+
 Compute dtype: every layer takes ``dtype`` (the dtype of its computation, e.g. ``jnp.bfloat16``);
 parameters stay float32. GroupNorm statistics are always computed in float32.
 """
@@ -24,6 +32,7 @@ parameters stay float32. GroupNorm statistics are always computed in float32.
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
 from typing import Any
 
@@ -96,6 +105,46 @@ def nearest_exact_resize(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
     return x
 
 
+#: How a 3-D convolution is computed: "auto" (the 2-D depth-tap form on a CPU, XLA's 3-D convolution
+#: elsewhere), "native" (always XLA's) or "depth-taps" (always the 2-D form); read at trace time.
+CONV3D = os.environ.get("MEDFUSION_JAX_CONV3D", "auto")
+CONV3D_CHOICES = ("auto", "native", "depth-taps")
+
+
+def _use_depth_taps() -> bool:
+    if CONV3D not in CONV3D_CHOICES:
+        raise ValueError(f"MEDFUSION_JAX_CONV3D must be one of {', '.join(CONV3D_CHOICES)}, got {CONV3D!r}")
+    return CONV3D == "depth-taps" or (CONV3D == "auto" and jax.default_backend() == "cpu")
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Cross-correlation of channels-last ``x`` with a (D)HWIO ``kernel``, the same ``stride`` and
+    symmetric zero ``padding`` on every spatial axis (``torch.nn.Conv2d/3d`` without bias).
+
+    In 3-D, see the module docstring (:data:`CONV3D`): output depth plane d sums the kernel's depth tap
+    i applied to input plane ``stride * d + i`` (padded); the kd planes are concatenated along the
+    channels and the kernel's taps along its input axis, so that one 2-D convolution over the
+    ``batch x output depth`` planes computes the sum.
+    """
+    nd = x.ndim - 2
+    layout = spatial_layout(nd)
+    if nd != 3 or not _use_depth_taps():
+        return jax.lax.conv_general_dilated(x, kernel, (stride,) * nd, ((padding, padding),) * nd,
+                                            dimension_numbers=(f"N{layout}C", f"{layout}IO", f"N{layout}C"))
+    batch, depth = x.shape[:2]
+    kd, kh, kw, ci, co = kernel.shape
+    out_depth = (depth + 2 * padding - kd) // stride + 1
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (0, 0), (0, 0), (0, 0)))
+    planes = jnp.concatenate(
+        [jax.lax.slice_in_dim(padded, i, i + stride * (out_depth - 1) + 1, stride, axis=1) for i in range(kd)],
+        axis=-1)  # [B, D', H, W, kd * Ci]: tap i's planes in channel block i
+    planes = planes.reshape((batch * out_depth,) + planes.shape[2:])
+    taps = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * ci, co)
+    out = jax.lax.conv_general_dilated(planes, taps, (stride, stride), ((padding, padding),) * 2,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out.reshape((batch, out_depth) + out.shape[1:])
+
+
 class Conv(nnx.Module):
     """Convolution over 2 or 3 spatial axes, channels-last input, (D)HWIO kernel, symmetric padding
     (k - s + 1) // 2 on every axis, with bias (MONAI's ``Convolution`` conv)."""
@@ -136,14 +185,8 @@ class Conv(nnx.Module):
 
     def without_bias(self, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
         """The convolution alone; the caller adds ``self.bias`` (see :func:`group_norm_silu`)."""
-        p, n = self.padding, len(self.layout)
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            (self.kernel[...] if kernel is None else kernel).astype(self.dtype),
-            window_strides=(self.stride,) * n,
-            padding=((p, p),) * n,
-            dimension_numbers=(f"N{self.layout}C", f"{self.layout}IO", f"N{self.layout}C"),
-        )
+        return conv(x.astype(self.dtype), (self.kernel[...] if kernel is None else kernel).astype(self.dtype),
+                    self.stride, self.padding)
 
 
 class Linear(nnx.Module):
@@ -446,7 +489,6 @@ def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     (i + p, j + q).
     """
     nd = x.ndim - 2
-    layout = spatial_layout(nd)
     spatial = x.shape[1:-1]
     ci, co = kernel.shape[-2:]
     # [2]*n taps, Ci, [2]*n phases, Co; taps summed in the kernel's dtype, then cast like x.
@@ -456,8 +498,7 @@ def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     combined = jnp.einsum(spec, *([_PHASE_TAPS] * nd), kernel).reshape((2,) * nd + (ci, 2**nd * co))
     # Padded explicitly: XLA:CPU's weight gradient of a padded 2x2 convolution takes a ~100x slower path.
     padded = jnp.pad(x, ((0, 0),) + ((1, 1),) * nd + ((0, 0),))
-    out = jax.lax.conv_general_dilated(padded, combined.astype(x.dtype), (1,) * nd, "VALID",
-                                       dimension_numbers=(f"N{layout}C", f"{layout}IO", f"N{layout}C"))
+    out = conv(padded, combined.astype(x.dtype), 1, 0)
     # out: [B, n1 + 1, ..., 2^n Co]; phase (p1..pn) is the slice starting at (p1..pn), channel block
     # p1..pn read as a binary number.
     phases = []

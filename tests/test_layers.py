@@ -14,6 +14,7 @@ from medfusion_jax.layers import (
     Conv,
     GroupNorm,
     _draw_bucketed,
+    conv,
     group_norm_silu,
     nearest_exact_resize,
     same_padding,
@@ -166,6 +167,33 @@ def test_3d_strided_conv_pads_symmetrically_like_pytorch():
     ours = conv(jnp.asarray(np.moveaxis(x, 1, -1)))
     ref = numpy_conv3d_ncdhw(x, np.asarray(conv.kernel[...]).transpose(4, 3, 0, 1, 2), np.asarray(conv.bias[...]), 2, 1)
     np.testing.assert_allclose(np.moveaxis(np.asarray(ours), -1, 1), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 1, 0), (1, 1, 0), (4, 2, 1)])
+def test_3d_conv_as_stacked_depth_taps_equals_xla_3d_conv_with_gradients(monkeypatch, kernel_size, stride, padding):
+    """The CPU form of a 3-D convolution (one 2-D convolution over depth taps stacked in the channels)
+    against XLA's own 3-D convolution, forward and both gradients, on an odd depth."""
+    import medfusion_jax.layers as layers
+
+    rng = np.random.default_rng(kernel_size * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 5, 3)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(kernel_size,) * 3 + (3, 4)).astype(np.float32))
+
+    def run(impl):
+        monkeypatch.setattr(layers, "CONV3D", impl)
+        out = conv(x, kernel, stride, padding)
+        weights = jnp.asarray(np.random.default_rng(1).normal(size=out.shape).astype(np.float32))
+        grads = jax.grad(lambda a, k: jnp.sum(conv(a, k, stride, padding) * weights), argnums=(0, 1))(x, kernel)
+        return out, grads
+
+    (taps, taps_grads), (native, native_grads) = run("depth-taps"), run("native")
+    assert taps.shape == native.shape
+    np.testing.assert_allclose(taps, native, rtol=1e-5, atol=1e-4)
+    for a, b in zip(taps_grads, native_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    monkeypatch.setattr(layers, "CONV3D", "fast")
+    with pytest.raises(ValueError, match="MEDFUSION_JAX_CONV3D"):
+        conv(x, kernel, stride, padding)
 
 
 def test_3d_nearest_exact_resize_indexes_every_axis():
