@@ -15,6 +15,11 @@ KID: TorchMetrics' ``KernelInceptionDistance`` (100 subsets of min(1000, n_real,
 mean ± std), unbiased, so it is the number to compare at a few hundred images where FID's bias
 dominates. KID and precision/recall need per-image features on both sides (not a ``mu``/``sigma`` file).
 
+Volumes (a folder of NIfTI files as ``eval.sample`` writes them, or a 3-D data set such as
+``phantom-brain``) are scored on 2-D slices: each volume's axial, coronal and sagittal mid-slices go
+through the same Inception (no 3-D feature network's weights ship in a package). The row ``all``
+pools the three planes; one row per plane (``all [axial]``, ...) follows.
+
 As a multi-process job (the multi-host flags, or ``--distributed``) every process extracts the features
 of its share of each side's images; they are gathered once, and the numbers are those of one process
 (process 0 prints and writes them).
@@ -34,6 +39,7 @@ from medfusion_jax.command import CommandError, add_multihost_flags, join_job
 from medfusion_jax.evaluation.feature_sets import resolve_feature_set
 from medfusion_jax.evaluation.features import InceptionFeatureExtractor
 from medfusion_jax.evaluation.image_scores import score_feature_sets
+from medfusion_jax.images import PLANES
 from medfusion_jax.metrics.precision_recall import VARIANTS
 
 
@@ -109,6 +115,9 @@ def _main(argv: list[str] | None) -> int:
     opts = dict(k=args.k, variant=args.pr_variant, with_pr=not args.no_pr, with_kid=not args.no_kid,
                 kid_subsets=args.kid_subsets, seed=args.seed)
     rows = [score_feature_sets(real, fake, "all", **opts).to_dict()]
+    if real.planes is not None and fake.planes is not None:
+        rows += [score_feature_sets(real.in_plane(p), fake.in_plane(p), f"all [{p}]", **opts).to_dict()
+                 for p in PLANES]
     if args.per_class:
         for name in sorted(set(real.classes) & set(fake.classes)):
             r, f = real.subset(name), fake.subset(name)

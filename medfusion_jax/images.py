@@ -65,15 +65,41 @@ def to_uint8_rounded(images: np.ndarray) -> np.ndarray:
 # -- grids and files ---------------------------------------------------------------------------------
 
 
+#: The three orthogonal planes of a volume [D, H, W, C] (our axes: D inferior -> superior, H anterior ->
+#: posterior, W right -> left): axial (H x W), coronal (D x W) and sagittal (D x H).
+PLANES = ("axial", "coronal", "sagittal")
+#: Where :func:`plane_slices` cuts by default: through the centre.
+MID = (0.5,)
+
+
+def plane_slices(volumes: np.ndarray, plane: str, positions: tuple[float, ...] = MID) -> np.ndarray:
+    """Volumes ``[N, D, H, W, C]`` -> the 2-D slices ``[N * len(positions), rows, columns, C]`` of one plane
+    (volume by volume, then position by position), shown as a radiologist reads them: superior up in
+    the coronal and sagittal planes, anterior up in the axial plane, the patient's right on the image's
+    left. ``positions`` are fractions of the cut axis: index ``int(p * n)`` (0.5: the centre, ``n // 2``)."""
+    volumes = np.asarray(volumes)
+    if volumes.ndim != 5:
+        raise ValueError(f"expected volumes [N, D, H, W, C], got shape {volumes.shape}")
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
+    axis = 1 + PLANES.index(plane)
+    n = volumes.shape[axis]
+    if not positions or any(not 0.0 <= p < 1.0 for p in positions):
+        raise ValueError(f"slice positions must be fractions in [0, 1), got {positions}")
+    cut = np.stack([np.take(volumes, min(int(p * n), n - 1), axis=axis) for p in positions], axis=1)
+    cut = cut.reshape((-1,) + cut.shape[2:])  # [N * P, rows, columns, C]
+    return cut if plane == "axial" else cut[:, ::-1]  # coronal/sagittal rows run D: flip to superior up
+
+
 def orthogonal_mid_slices(volumes: np.ndarray) -> np.ndarray:
-    """Volumes ``[N, D, H, W, C]`` -> images ``[N, S, 3 S, C]`` (S the largest side): the axial (H x W),
-    coronal (D x W) and sagittal (D x H) slices through each volume's centre, side by side, each
-    centred on an S x S canvas of the volume's dtype. How a person looks at a volume in a report."""
+    """Volumes ``[N, D, H, W, C]`` -> images ``[N, S, 3 S, C]`` (S the largest side): the axial, coronal
+    and sagittal slices through each volume's centre (:func:`plane_slices`), side by side, each centred
+    on an S x S canvas of the volume's dtype. How a person looks at a volume in a report."""
     n, d, h, w, c = volumes.shape
     side = max(d, h, w)
     canvas = np.zeros((n, side, 3 * side, c), volumes.dtype)
-    slices = (volumes[:, d // 2], volumes[:, :, h // 2], volumes[:, :, :, w // 2])
-    for k, sl in enumerate(slices):
+    for k, plane in enumerate(PLANES):
+        sl = plane_slices(volumes, plane)
         top, left = (side - sl.shape[1]) // 2, k * side + (side - sl.shape[2]) // 2
         canvas[:, top:top + sl.shape[1], left:left + sl.shape[2]] = sl
     return canvas
@@ -122,6 +148,8 @@ def write_png_atomic(path: Path, image: np.ndarray) -> None:
 #: as (x, y, z) = (W, H, D) with 1 mm voxels: x runs to the left (-R), y to the back (-A), z up (+S).
 NIFTI_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 NIFTI_SUFFIX = ".nii.gz"
+#: Volume files read as a volume folder.
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 
 
 def _nifti_data(volume: np.ndarray) -> np.ndarray:
@@ -192,24 +220,59 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def list_image_files(root: str | os.PathLike) -> list[ImageFile]:
-    """Image files of ``root`` (class sub-folders allowed), sorted by class then path."""
+def _is_volume(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_EXTENSIONS) and path.is_file()
+
+
+def _list_files(root: str | os.PathLike, member, kind: str, extensions: tuple[str, ...]) -> list[ImageFile]:
     root = Path(root)
     if not root.exists():
-        raise ImageFilesError(f"image folder not found: {root}")
+        raise ImageFilesError(f"{kind} folder not found: {root}")
     if not root.is_dir():
         raise ImageFilesError(f"not a folder: {root}")
     files = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        found = sorted(p for p in sub.rglob("*") if _is_image(p))
+        found = sorted(p for p in sub.rglob("*") if member(p))
         files.extend(ImageFile(p, sub.name) for p in found)
     if not files:
-        files = [ImageFile(p, "") for p in sorted(root.iterdir()) if _is_image(p)]
+        files = [ImageFile(p, "") for p in sorted(root.iterdir()) if member(p)]
     if not files:
         raise ImageFilesError(
-            f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)} in it and in its sub-folders)"
+            f"no {kind}s in {root} (looked for {', '.join(extensions)} in it and in its sub-folders)"
         )
     return files
+
+
+def list_image_files(root: str | os.PathLike) -> list[ImageFile]:
+    """Image files of ``root`` (class sub-folders allowed), sorted by class then path."""
+    return _list_files(root, _is_image, "image", IMAGE_EXTENSIONS)
+
+
+def list_volume_files(root: str | os.PathLike) -> list[ImageFile]:
+    """NIfTI volume files of ``root`` (class sub-folders allowed, as ``eval.sample`` writes them), sorted
+    by class then path."""
+    return _list_files(root, _is_volume, "volume", VOLUME_EXTENSIONS)
+
+
+def holds_volumes(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is a folder of NIfTI volumes rather than of images (it has no images and has
+    volumes)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    paths = [p for p in root.rglob("*") if p.is_file()]
+    return not any(_is_image(p) for p in paths) and any(_is_volume(p) for p in paths)
+
+
+def load_volume(path: str | os.PathLike) -> np.ndarray:
+    """One uint8 NIfTI volume as ``[D, H, W, C]`` (as :func:`write_nifti_atomic` stores our volumes)."""
+    try:
+        volume = read_nifti(path)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a broken file
+        raise ImageFilesError(f"cannot read volume {path}: {err}") from err
+    if volume.dtype != np.uint8:
+        raise ImageFilesError(f"volume {path} holds {volume.dtype} values; expected uint8 (as eval.sample writes)")
+    return volume
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -73,3 +73,43 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad.write_bytes(b"\x89PNG not really")
     with pytest.raises(ImageFilesError, match="cannot read image .*broken.png"):
         load_rgb(bad)
+
+
+def test_plane_slices_cut_each_axis_superior_up():
+    from medfusion_jax.images import PLANES, orthogonal_mid_slices, plane_slices
+
+    v = np.arange(2 * 4 * 6 * 5).reshape(2, 4, 6, 5, 1)
+    np.testing.assert_array_equal(plane_slices(v, "axial"), v[:, 2])
+    np.testing.assert_array_equal(plane_slices(v, "coronal"), v[:, ::-1, 3])
+    np.testing.assert_array_equal(plane_slices(v, "sagittal"), v[:, ::-1, :, 2])
+    # Several positions: volume by volume, then position by position (index int(p * n)).
+    two = plane_slices(v, "axial", (0.0, 0.75))
+    np.testing.assert_array_equal(two, np.stack([v[0, 0], v[0, 3], v[1, 0], v[1, 3]]))
+    picture = orthogonal_mid_slices(v.astype(np.uint8))
+    assert picture.shape == (2, 6, 18, 1)
+    np.testing.assert_array_equal(picture[:, 1:5, 6:11], v[:, ::-1, 3].astype(np.uint8))  # coronal 4x5, centred
+    assert PLANES == ("axial", "coronal", "sagittal")
+    with pytest.raises(ValueError, match="plane must be one of"):
+        plane_slices(v, "oblique")
+    with pytest.raises(ValueError, match=r"fractions in \[0, 1\)"):
+        plane_slices(v, "axial", (1.0,))
+
+
+def test_volume_folders_are_listed_and_told_apart_from_image_folders(tmp_path):
+    from medfusion_jax.images import holds_volumes, list_volume_files, load_volume, write_nifti_atomic
+
+    volume = np.random.default_rng(0).integers(0, 256, size=(3, 4, 5, 1)).astype(np.uint8)
+    for name in ("b", "a"):
+        (tmp_path / "vols" / name).mkdir(parents=True)
+        write_nifti_atomic(tmp_path / "vols" / name / "000000.nii.gz", volume)
+    files = list_volume_files(tmp_path / "vols")
+    assert [(f.label, f.path.name) for f in files] == [("a", "000000.nii.gz"), ("b", "000000.nii.gz")]
+    np.testing.assert_array_equal(load_volume(files[0].path), volume)
+    assert holds_volumes(tmp_path / "vols")
+    _save(tmp_path / "imgs" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    assert not holds_volumes(tmp_path / "imgs") and not holds_volumes(tmp_path / "missing")
+    with pytest.raises(ImageFilesError, match="no volumes in"):
+        list_volume_files(tmp_path / "imgs")
+    (tmp_path / "vols" / "a" / "broken.nii.gz").write_bytes(b"not nifti")
+    with pytest.raises(ImageFilesError, match="cannot read volume .*broken.nii.gz"):
+        load_volume(tmp_path / "vols" / "a" / "broken.nii.gz")
