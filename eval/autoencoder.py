@@ -1,8 +1,9 @@
-"""Reconstruction metrics of an autoencoder: MS-SSIM, MSE (x 1e-5, as the paper) and LPIPS, mean +- std.
+"""Reconstruction metrics of an autoencoder: MS-SSIM, SSIM, MSE (x 1e-5, as the paper) and LPIPS, mean +- std.
 
     python -m eval.autoencoder --checkpoint runs/ae-chexpert --dataset chexpert --data-dir ~/CheXpert-v1.0-small
     python -m eval.autoencoder --checkpoint runs/ae-phantom/checkpoints/2000 --image-size 192 --num-examples 64
     python -m eval.autoencoder --checkpoint last_vae.ckpt --dataset airogs --data-dir ~/airogs --split train
+    python -m eval.autoencoder --checkpoint runs/autoencoder-phantom-brain --num-examples 8          # volumes
 
 CKPT is an autoencoder training run (directory or ``RUN/checkpoints/<step>``), a diffusion run (its
 frozen autoencoder), or an original Medfusion PyTorch checkpoint (``.ckpt``/``.pt``/``.pth`` of a
@@ -13,9 +14,14 @@ As the reference's ``scripts/evaluate_latent_embedder.py`` (spec 11.2): the reco
 random posterior sample (image i's from ``fold_in(key(seed), i)``), clamped to [-1, 1]; MS-SSIM
 (TorchMetrics 0.11, relu) and MSE on [0, 1]; LPIPS (calibrated AlexNet) on [-1, 1], of which the
 reference logs 1 - LPIPS as "LPIPS score". MS-SSIM needs images of at least 176 pixels a side (left
-out below that). Writes OUT/autoencoder_metrics.json (summary and per-image values) and
-OUT/reconstructions.png (the first 8 originals above their reconstructions); OUT defaults to
+out below that); single-scale SSIM (TorchMetrics 0.11, not in the reference's script) is reported
+besides, as it also measures smaller images. Writes OUT/autoencoder_metrics.json (summary and per-image
+values) and OUT/reconstructions.png (the first 8 originals above their reconstructions); OUT defaults to
 runs/eval-autoencoder-<dataset>.
+
+A 3-D autoencoder is evaluated on the volumes of a 3-D data set (phantom-brain, volume-folder) the same
+way: 3-D SSIM and MS-SSIM (MS-SSIM needs 176^3 volumes), MSE over the voxels; LPIPS, a 2-D network, is
+left out with a note; the picture shows each volume by its three orthogonal mid-slices.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ def parse_args(argv):
 
 
 def format_table(summary: dict) -> str:
-    rows = [("MS-SSIM", "ms_ssim", 4), ("MSE (x1e-5)", "mse_x1e5", 2), ("LPIPS", "lpips", 4),
+    rows = [("MS-SSIM", "ms_ssim", 4), ("SSIM", "ssim", 4), ("MSE (x1e-5)", "mse_x1e5", 2), ("LPIPS", "lpips", 4),
             ("LPIPS score (1 - LPIPS)", "lpips_score", 4)]
     lines = [f"{'metric':<24} {'mean':>10}   {'std':>8}"]
     for label, key, digits in rows:
@@ -89,8 +95,14 @@ def _main(args) -> int:
     data_dir = args.data_dir if args.data_dir is not None else (ckpt.get("data_dir") if same_data else None)
     image_size = args.image_size or (ckpt.get("image_size") if same_data else None)
     info = get_info(dataset)
+    if info.spatial_dims != vae.spatial_dims:
+        kinds = {2: "images", 3: "volumes"}
+        raise CommandError(f"{args.checkpoint} is an autoencoder of {kinds[vae.spatial_dims]}, but {dataset} holds "
+                           f"{kinds[info.spatial_dims]}")
     split = SPLIT_ALIASES.get(args.split, args.split) if args.split else (
         "validation" if "validation" in info.splits else "train")
+    # The autoencoder's input channels (3 for the reference's RGB images; a volume data set's own, 1 for
+    # phantom-brain): the data set repeats a grayscale channel to match.
     images = DatasetImages(dataset, data_dir=data_dir, split=split, image_size=image_size,
                            channels=vae.in_channels, num_examples=args.num_examples,
                            limit=args.num_examples)
@@ -99,7 +111,8 @@ def _main(args) -> int:
         raise ValueError(f"--image-size {size} is not divisible by the autoencoder's downsampling "
                          f"{vae.downsampling}")
     out = args.out or Path("runs") / f"eval-autoencoder-{dataset}"
-    with tqdm(total=len(images), desc="reconstructing", unit="img", disable=args.no_progress) as bar:
+    unit = "volume" if vae.spatial_dims == 3 else "img"
+    with tqdm(total=len(images), desc="reconstructing", unit=unit, disable=args.no_progress) as bar:
         result = evaluate_reconstruction(iter(images), vae_reconstructor(vae), batch_size=args.batch_size,
                                          seed=args.seed, with_lpips=not args.no_lpips, on_batch=bar.update)
 
@@ -108,7 +121,8 @@ def _main(args) -> int:
         summary["notes"].append(images.skipped_note())
     out.mkdir(parents=True, exist_ok=True)
     per_image = {k: (None if v is None else [float(x) for x in v])
-                 for k, v in (("ms_ssim", result.ms_ssim), ("mse", result.mse), ("lpips", result.lpips))}
+                 for k, v in (("ms_ssim", result.ms_ssim), ("ssim", result.ssim), ("mse", result.mse),
+                              ("lpips", result.lpips))}
     payload = dict(checkpoint=ckpt, dataset=dataset, data_dir=data_dir, split=split, image_size=size,
                    channels=vae.in_channels, num_examples=args.num_examples, batch_size=args.batch_size,
                    seed=args.seed, metrics=summary, per_image=per_image)
@@ -116,7 +130,9 @@ def _main(args) -> int:
     grid = result.comparison_grid()
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out / "reconstructions.png")
 
-    print(f"{args.checkpoint} on {dataset}:{split}, {result.num_images} images of {size}x{size}")
+    kind = "volumes" if result.volumes else "images"
+    print(f"{args.checkpoint} on {dataset}:{split}, {result.num_images} {kind} of "
+          f"{'x'.join(str(s) for s in result.image_shape[:-1])}")
     print(format_table(summary))
     for note in summary["notes"]:
         print(f"note: {note}")

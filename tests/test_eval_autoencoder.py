@@ -3,7 +3,8 @@
 A two-step autoencoder run on ``phantom-cxr`` (tiny network, 32x32, no perceptual term) provides real
 training output; it is evaluated at 176x176 (the fully convolutional VAE takes any size divisible by
 its downsampling), the smallest size TorchMetrics' 5-scale MS-SSIM accepts. The same weights written
-as an original Medfusion Lightning checkpoint (VAE, and VAEGAN) must give the same numbers.
+as an original Medfusion Lightning checkpoint (VAE, and VAEGAN) must give the same numbers. Volumes:
+``phantom-brain`` at 16^3, through the library function and a one-step run of a tiny 3-D autoencoder.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from PIL import Image
 from eval import autoencoder as cli
 from medfusion_jax.convert.autoencoder import CheckpointError, load_autoencoder
 from medfusion_jax.convert.state_dict import to_state_dict, torch_keys
-from medfusion_jax.data import make_dataset
+from medfusion_jax.data import make_dataset, normalize
+from medfusion_jax.evaluation import reconstruction
 from medfusion_jax.evaluation.reconstruction import evaluate_reconstruction, msssim_supported
 from medfusion_jax.models import Discriminator
 from medfusion_jax.pretrained.lpips import LPIPS
@@ -32,6 +34,7 @@ from train import autoencoder as ae_cli
 SIZE, N, BATCH = 176, 4, 4
 EVAL = ["--dataset", "phantom-cxr", "--image-size", str(SIZE), "--num-examples", str(N),
         "--batch-size", str(BATCH), "--no-progress"]
+VOLUME_SIZE = 16  # phantom-brain volumes, 16^3
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,25 @@ def run_eval(run_dir, tmp_path_factory) -> Path:
 def images() -> np.ndarray:
     source = make_dataset("phantom-cxr", split="validation", image_size=SIZE, num_examples=N)
     return np.stack([source[i]["image"] for i in range(N)])
+
+
+@pytest.fixture(scope="module")
+def volumes() -> np.ndarray:
+    source = make_dataset("phantom-brain", split="validation", image_size=VOLUME_SIZE, num_examples=3)
+    return np.stack([source[i]["image"] for i in range(3)])
+
+
+@pytest.fixture(scope="module")
+def volume_run_dir(tmp_path_factory) -> Path:
+    """One training step of a tiny 3-D autoencoder (one level: the cheapest to compile) on phantom-brain."""
+    run = tmp_path_factory.mktemp("ae3d-run")
+    args = ae_cli.parse_args([
+        "--dataset", "phantom-brain", "--image-size", str(VOLUME_SIZE), "--num-examples", "8", "--hid-chs", "4",
+        "--norm-groups", "2", "--emb-channels", "2", "--deep-supervision", "0", "--run-dir", str(run),
+        "--steps", "1", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "1", "--image-every", "0",
+    ])
+    assert run_autoencoder(ae_cli.make_config(args), handle_signals=False).final_step == 1
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +143,32 @@ def test_small_images_leave_ms_ssim_out():
     assert summary["ms_ssim"] is None and "MS-SSIM left out" in summary["notes"][0]
 
 
+def test_volumes_identity_and_a_known_perturbation(volumes, monkeypatch):
+    # LPIPS is 2-D only: for volumes it is neither loaded nor computed, and a note says so.
+    monkeypatch.setattr(reconstruction, "LPIPS", lambda: pytest.fail("LPIPS loaded for volumes"))
+    perfect = evaluate_reconstruction(volumes, lambda x, keys: x, batch_size=2)
+    np.testing.assert_allclose(perfect.ssim, 1.0, atol=1e-5)
+    np.testing.assert_array_equal(perfect.mse, 0.0)
+    assert perfect.lpips is None and perfect.ms_ssim is None and perfect.volumes
+    summary = perfect.summary()
+    assert summary["num_images"] == 3 and summary["image_shape"] == [VOLUME_SIZE] * 3 + [1]
+    assert summary["lpips"] is None and summary["ssim"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert "MS-SSIM left out: 16x16x16 volumes" in summary["notes"][0]
+    assert any(n.startswith("LPIPS left out") and "2-D" in n for n in summary["notes"])
+
+    # A fixed checkerboard of +-0.2 (in [-1, 1]), clamped like any reconstruction: MSE as numpy has it.
+    d, h, w = np.indices((VOLUME_SIZE,) * 3)
+    delta = np.where((d + h + w) % 2, 0.2, -0.2).astype(np.float32)[..., None]
+    worse = evaluate_reconstruction(volumes, lambda x, keys: x + delta, batch_size=2)
+    real = (normalize(volumes).astype(np.float64) + 1) / 2
+    fake = (np.clip(normalize(volumes) + delta, -1, 1).astype(np.float64) + 1) / 2
+    # rtol: XLA:CPU sums the 4096 float32 squares in its own order (measured 2e-5 from float64).
+    np.testing.assert_allclose(worse.mse, ((fake - real) ** 2).mean(axis=(1, 2, 3, 4)), rtol=1e-4)
+    assert np.all(worse.ssim < 0.9) and np.all(worse.ssim > 0)
+    # The picture shows each volume by its three mid-slices: originals over reconstructions.
+    assert worse.comparison_grid().shape == (2 + 2 * (VOLUME_SIZE + 2), 2 + 3 * (3 * VOLUME_SIZE + 2), 1)
+
+
 # -- the command line ---------------------------------------------------------------------------------
 
 
@@ -140,6 +188,26 @@ def test_cli_on_a_training_run(run_dir, run_eval, tmp_path, capsys):
     code, stdout, _ = run_cli(["--checkpoint", str(run_dir / "checkpoints" / "2"), *EVAL, "--out", str(out)], capsys)
     assert code == 0 and read_metrics(out)["per_image"] == payload["per_image"]
     assert "MS-SSIM" in stdout and "MSE (x1e-5)" in stdout and "LPIPS score" in stdout
+    assert 0 < metrics["ssim"]["mean"] <= 1 and len(payload["per_image"]["ssim"]) == N
+
+
+def test_cli_on_a_volume_run(volume_run_dir, tmp_path, capsys):
+    """A phantom-brain run: its data set, size and (1) channel by default; LPIPS left out, with a note."""
+    out = tmp_path / "eval3d"
+    code, stdout, _ = run_cli(["--checkpoint", str(volume_run_dir), "--num-examples", "3", "--batch-size", "2",
+                               "--no-progress", "--out", str(out)], capsys)
+    assert code == 0
+    payload = read_metrics(out)
+    assert payload["dataset"] == "phantom-brain" and payload["image_size"] == VOLUME_SIZE
+    assert payload["channels"] == 1 and payload["metrics"]["image_shape"] == [VOLUME_SIZE] * 3 + [1]
+    assert payload["per_image"]["lpips"] is None and payload["per_image"]["ms_ssim"] is None
+    assert len(payload["per_image"]["ssim"]) == 3 and all(0 <= v <= 1 for v in payload["per_image"]["ssim"])
+    assert "3 volumes of 16x16x16" in stdout and "note: LPIPS left out" in stdout
+    with Image.open(out / "reconstructions.png") as png:
+        assert png.size == (2 + 3 * (3 * VOLUME_SIZE + 2), 2 + 2 * (VOLUME_SIZE + 2))
+    # A 3-D autoencoder on a data set of images is refused, naming both.
+    code, _, err = run_cli(["--checkpoint", str(volume_run_dir), *EVAL, "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "autoencoder of volumes" in err and "phantom-cxr holds images" in err
 
 
 @pytest.mark.parametrize("reference_class", ["VAE", "VAEGAN"])

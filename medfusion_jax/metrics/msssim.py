@@ -1,4 +1,5 @@
-"""Reconstruction metrics of the paper's autoencoder table: MS-SSIM and MSE per image, mean +- std.
+"""Reconstruction metrics of the paper's autoencoder table: MS-SSIM, SSIM and MSE per image (or volume),
+mean +- std.
 
 :func:`ms_ssim` follows TorchMetrics 0.11's ``multiscale_structural_similarity_index_measure`` as
 Medfusion's ``scripts/evaluate_latent_embedder.py`` called it (one image per call):
@@ -15,6 +16,19 @@ Medfusion's ``scripts/evaluate_latent_embedder.py`` called it (one image per cal
 - result = prod_{s<4} cs_s^beta_s * sim_4^beta_4.
 
 Images are NHWC floats (the reference used [0, 1]).
+
+Volumes, NDHWC, follow TorchMetrics 0.11's 5-D branch of the same functions: an 11x11x11 Gaussian window
+(the outer product of the 1-D Gaussian along D, H and W, applied here as three 1-D passes), reflect
+padding then cropping (again valid filtering), the data range over all voxels of a volume, the mean over
+all valid positions and channels, and 2x2x2 average pooling (floor) between scales.
+
+Sizes. TorchMetrics' MS-SSIM requires ``side // (scales - 1) ** 2 > 10`` of the height and width; here
+every spatial side must pass it (the depth too: the window slides along D as well). For 2 scales the
+rule lets through sides (11 to 21) whose coarsest scale is smaller than the window, where TorchMetrics
+averages an empty map (NaN): :func:`ms_ssim` refuses those too (the paper's 5 scales never reach it).
+Single-scale :func:`ssim` checks no size: an axis shorter than the window is left unfiltered
+(pytorch-msssim's rule, from :func:`~medfusion_jax.losses.ssim.filtered_moments`), where TorchMetrics
+has no value; SSIM of such small images is not TorchMetrics'.
 """
 
 from __future__ import annotations
@@ -45,17 +59,18 @@ def gaussian_window(sigma: float = 1.5) -> np.ndarray:
 
 
 def _data_range(preds: jax.Array, target: jax.Array) -> jax.Array:
-    """Per image: max(range(preds), range(target)), shaped [B, 1, 1, 1]."""
-    axes = (1, 2, 3)
+    """Per image (or volume): max(range(preds), range(target)), shaped [B, 1, 1, 1] (or [B, 1, 1, 1, 1])."""
+    axes = tuple(range(1, preds.ndim))
     r = jnp.maximum(
         jnp.max(preds, axes) - jnp.min(preds, axes), jnp.max(target, axes) - jnp.min(target, axes)
     )
-    return r[:, None, None, None]
+    return r.reshape((-1,) + (1,) * len(axes))
 
 
 def _ssim_and_cs(preds, target, kernel_1d, data_range, k1, k2):
-    """Mean SSIM and mean contrast-sensitivity term per image over the valid filter positions."""
-    mu_p, mu_t, e_pp, e_tt, e_pt = filtered_moments(preds, target, kernel_1d)  # [B, C, H', W'] each
+    """Mean SSIM and mean contrast-sensitivity term per image (or volume) over the valid filter positions
+    and the channels."""
+    mu_p, mu_t, e_pp, e_tt, e_pt = filtered_moments(preds, target, kernel_1d)  # [B, C, (D',) H', W'] each
     mu_pp, mu_tt, mu_pt = mu_p**2, mu_t**2, mu_p * mu_t
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
@@ -63,12 +78,14 @@ def _ssim_and_cs(preds, target, kernel_1d, data_range, k1, k2):
     lower = (e_pp - mu_pp) + (e_tt - mu_tt) + c2
     ssim_map = ((2 * mu_pt + c1) * upper) / ((mu_pp + mu_tt + c1) * lower)
     cs_map = upper / lower
-    return jnp.mean(ssim_map, axis=(1, 2, 3)), jnp.mean(cs_map, axis=(1, 2, 3))
+    axes = tuple(range(1, ssim_map.ndim))
+    return jnp.mean(ssim_map, axis=axes), jnp.mean(cs_map, axis=axes)
 
 
 def _check_pair(preds: jax.Array, target: jax.Array) -> None:
-    if preds.shape != target.shape or preds.ndim != 4:
-        raise ValueError(f"expected two NHWC batches of the same shape, got {preds.shape} and {target.shape}")
+    if preds.shape != target.shape or preds.ndim not in (4, 5):
+        raise ValueError("expected two NHWC image batches or NDHWC volume batches of the same shape, "
+                         f"got {preds.shape} and {target.shape}")
 
 
 def ssim(
@@ -80,7 +97,8 @@ def ssim(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> jax.Array:
-    """Single-scale SSIM per image [B] (TorchMetrics semantics; ``data_range=None`` is per image)."""
+    """Single-scale SSIM per image [B] of NHWC batches, or per volume of NDHWC batches (TorchMetrics
+    semantics; ``data_range=None`` is per image or volume)."""
     preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
     _check_pair(preds, target)
     return _ssim(preds, target, data_range, sigma, k1, k2)
@@ -103,7 +121,8 @@ def ms_ssim(
     k2: float = 0.03,
     normalize: str | None = "relu",
 ) -> jax.Array:
-    """Multi-scale SSIM per image [B] of NHWC batches, as TorchMetrics 0.11 (see the module docstring).
+    """Multi-scale SSIM per image [B] of NHWC batches, or per volume of NDHWC batches, as TorchMetrics
+    0.11 (see the module docstring; ``ValueError`` where a side is too small for ``len(betas)`` scales).
 
     ``normalize`` is ``'relu'`` (the paper's setting), ``'simple'`` (``(x + 1) / 2`` of the stacked
     terms) or ``None``.
@@ -112,21 +131,39 @@ def ms_ssim(
         raise ValueError(f"normalize must be 'relu', 'simple' or None, got {normalize!r}")
     preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
     _check_pair(preds, target)
-    div = max(1, len(betas) - 1) ** 2
-    size = gaussian_kernel_1d(sigma).shape[0]
-    for axis, name in ((1, "height"), (2, "width")):
-        # TorchMetrics 0.11's size rule (it divides by (scales - 1)^2, not 2^(scales - 1)).
-        if preds.shape[axis] // div <= size - 1:
-            raise ValueError(
-                f"for {len(betas)} scales the image {name} must be larger than {(size - 1) * div}, "
-                f"got {preds.shape[axis]}"
-            )
+    check_msssim_size(preds.shape[1:-1], len(betas), gaussian_kernel_1d(sigma).shape[0])
     return _ms_ssim(preds, target, data_range, tuple(betas), sigma, k1, k2, normalize)
+
+
+def msssim_size_error(spatial: tuple[int, ...], scales: int = len(BETAS), window: int = 11) -> str | None:
+    """Why MS-SSIM of ``scales`` scales cannot be computed on images (``spatial`` = (H, W)) or volumes
+    ((D, H, W)) of this size, or None when it can (see the module docstring)."""
+    names = ("height", "width") if len(spatial) == 2 else ("depth", "height", "width")
+    kind = "image" if len(spatial) == 2 else "volume"
+    div = max(1, scales - 1) ** 2
+    for side, name in zip(spatial, names, strict=True):
+        # TorchMetrics 0.11's size rule (it divides by (scales - 1)^2, not 2^(scales - 1)).
+        if side // div <= window - 1:
+            return f"for {scales} scales the {kind} {name} must be larger than {(window - 1) * div}, got {side}"
+        # The coarsest scale must hold one window (the rule above ensures it for 3 or more scales).
+        if side // 2 ** (scales - 1) < window:
+            return (f"for {scales} scales the {kind} {name} must be at least {window * 2 ** (scales - 1)} "
+                    f"(the coarsest scale must hold the {window}-wide window), got {side}")
+    return None
+
+
+def check_msssim_size(spatial: tuple[int, ...], scales: int = len(BETAS), window: int = 11) -> None:
+    """``ValueError`` with :func:`msssim_size_error`'s reason, if any."""
+    error = msssim_size_error(tuple(int(s) for s in spatial), scales, window)
+    if error is not None:
+        raise ValueError(error)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _ms_ssim(preds, target, data_range, betas, sigma, k1, k2, normalize):
     window = gaussian_kernel_1d(sigma)
+    spatial = preds.ndim - 2
+    pool = (1,) + (2,) * spatial + (1,)  # 2x2 (images) or 2x2x2 (volumes), floor
     terms = []
     for scale in range(len(betas)):
         dr = _data_range(preds, target) if data_range is None else jnp.float32(data_range)
@@ -134,8 +171,8 @@ def _ms_ssim(preds, target, data_range, betas, sigma, k1, k2, normalize):
         if normalize == "relu":
             sim, cs = jax.nn.relu(sim), jax.nn.relu(cs)
         terms.append(sim if scale == len(betas) - 1 else cs)
-        preds = jax.lax.reduce_window(preds, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
-        target = jax.lax.reduce_window(target, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+        preds = jax.lax.reduce_window(preds, 0.0, jax.lax.add, pool, pool, "VALID") / 2**spatial
+        target = jax.lax.reduce_window(target, 0.0, jax.lax.add, pool, pool, "VALID") / 2**spatial
     stack = jnp.stack(terms)
     if normalize == "simple":
         stack = (stack + 1) / 2
@@ -143,10 +180,10 @@ def _ms_ssim(preds, target, data_range, betas, sigma, k1, k2, normalize):
 
 
 def mse_per_image(preds: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error of each image over its pixels and channels [B]."""
+    """Mean squared error of each image (NHWC) or volume (NDHWC) over its pixels or voxels and channels [B]."""
     preds, target = jnp.asarray(preds, jnp.float32), jnp.asarray(target, jnp.float32)
     _check_pair(preds, target)
-    return jnp.mean((preds - target) ** 2, axis=(1, 2, 3))
+    return jnp.mean((preds - target) ** 2, axis=tuple(range(1, preds.ndim)))
 
 
 def mean_std(values) -> tuple[float, float]:
