@@ -1,11 +1,17 @@
 """Memorisation audit of generated images against the training images.
 
     python -m eval.memorization --train data/train --generated runs/samples --out runs/memorization
+    python -m eval.memorization --train data/brain-train --generated runs/samples-brain --out runs/mem-brain
 
 For every generated image: its nearest training images by Inception-feature cosine similarity,
 confirmed by pixel-space SSIM. Prints the fraction of generated images whose match reaches the
 thresholds, and writes ``report.json`` (every generated image's match) and ``closest_pairs.png``
 (the closest pairs side by side) to ``--out``.
+
+Folders of NIfTI volumes (``eval.sample``'s output for a 3-D model; the training volumes must be uint8
+NIfTI in the same layout, as ``eval.sample`` writes them) are audited the same way: a volume's feature
+is the Inception features of its three orthogonal mid-slices concatenated, the confirmation is the 3-D
+SSIM, and the picture shows each volume's three mid-slices.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", required=True, help="folder of training images (class sub-folders allowed)")
-    parser.add_argument("--generated", required=True, help="folder of generated images")
+    parser.add_argument("--train", required=True,
+                        help="folder of training images or NIfTI volumes (class sub-folders allowed)")
+    parser.add_argument("--generated", required=True, help="folder of generated images (or NIfTI volumes)")
     parser.add_argument("--out", type=Path, default=Path("runs/memorization"), help="folder for the report")
     parser.add_argument("--k", type=int, default=5, help="candidates per generated image (by feature cosine)")
     parser.add_argument("--ssim-threshold", type=float, default=0.9)
@@ -45,8 +52,9 @@ def _main(argv: list[str] | None) -> int:
     summary = result.write(args.out, ssim_threshold=args.ssim_threshold, cosine_threshold=args.cosine_threshold,
                            top=args.top)
     n, count = summary["n_generated"], summary["n_near_copies"]
-    print(f"{count} of {n} generated images ({100 * summary['fraction_near_copies']:.2f}%) have a training "
-          f"image with SSIM >= {args.ssim_threshold}"
+    kind = "volume" if result.volumes else "image"
+    print(f"{count} of {n} generated {kind}s ({100 * summary['fraction_near_copies']:.2f}%) have a training "
+          f"{kind} with SSIM >= {args.ssim_threshold}"
           + (f" and cosine >= {args.cosine_threshold}" if args.cosine_threshold is not None else ""))
     print("closest pairs (generated, training, cosine, SSIM):")
     for g, t, c, s in result.report.closest_pairs(args.top)[:10]:

@@ -255,13 +255,10 @@ def list_volume_files(root: str | os.PathLike) -> list[ImageFile]:
 
 
 def holds_volumes(root: str | os.PathLike) -> bool:
-    """Whether ``root`` is a folder of NIfTI volumes rather than of images (it has no images and has
-    volumes)."""
+    """Whether ``root`` is a folder of NIfTI volumes rather than of images: it holds a NIfTI file (a volume
+    sample folder also holds its preview ``grid.png``)."""
     root = Path(root)
-    if not root.is_dir():
-        return False
-    paths = [p for p in root.rglob("*") if p.is_file()]
-    return not any(_is_image(p) for p in paths) and any(_is_volume(p) for p in paths)
+    return root.is_dir() and any(_is_volume(p) for p in root.rglob("*"))
 
 
 def load_volume(path: str | os.PathLike) -> np.ndarray:

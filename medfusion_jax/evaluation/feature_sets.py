@@ -17,7 +17,9 @@ set compare the three planes' slices pooled; :meth:`FeatureSet.in_plane` gives o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
@@ -130,13 +132,40 @@ def slice_planes(count: int, positions: tuple[float, ...] = MID) -> np.ndarray:
     return np.array(list(np.repeat(PLANES, len(positions))) * count, dtype=object)
 
 
+def slice_features(extractor, volumes: Iterable[np.ndarray], count: int, *, positions: tuple[float, ...] = MID,
+                   progress: bool = True, desc: str = "volume slices") -> np.ndarray:
+    """Pool features ``[count * 3 * len(positions), 2048]`` of the slices of ``count`` volumes, in the order
+    of :func:`volume_slices` volume by volume (the rows :func:`slice_planes` labels).
+
+    The slices go to the extractor slice kind by slice kind within chunks of ``batch_size`` volumes: the
+    planes of a volume that is not a cube differ in size, and the extractor starts a new batch at every
+    change of size (volume by volume, such volumes would make batches of one)."""
+    per_volume = len(PLANES) * len(positions)
+    if count == 0:
+        return np.zeros((0, POOL_FEATURES), np.float32)
+    chunks: list[int] = []
+
+    def slices():
+        remaining = iter(volumes)
+        while cut := [volume_slices(v, positions) for v in itertools.islice(remaining, extractor.batch_size)]:
+            chunks.append(len(cut))
+            for j in range(per_volume):
+                yield from (s[j] for s in cut)
+
+    pool = extractor.extract(slices(), total=count * per_volume, progress=progress, desc=desc)["pool"]
+    out, start = [], 0
+    for n in chunks:  # each chunk is slice-kind-major: [per_volume, n] -> volume-major [n, per_volume]
+        out.append(pool[start:start + n * per_volume].reshape(per_volume, n, -1).transpose(1, 0, 2))
+        start += n * per_volume
+    return np.concatenate(out).reshape(-1, pool.shape[1])
+
+
 def volume_feature_set(volumes, labels, extractor, *, positions: tuple[float, ...] = MID, source: str = "",
                        progress: bool = True, desc: str = "volume slices") -> FeatureSet:
     """Inception features of the slices of ``volumes`` (uint8 ``[D, H, W, C]`` each, an array or a list),
     labelled with their volume's class name (``labels``) and plane."""
     per_volume = len(PLANES) * len(positions)
-    slices = (s for volume in volumes for s in volume_slices(volume, positions))
-    pool = _extract_share(extractor, slices, len(labels) * per_volume, progress=progress, desc=desc)
+    pool = slice_features(extractor, volumes, len(labels), positions=positions, progress=progress, desc=desc)
     return FeatureSet.from_features(pool, np.repeat(np.asarray(labels, dtype=object), per_volume), source,
                                     slice_planes(len(labels), positions))
 
@@ -154,8 +183,8 @@ def folder_feature_set(folder: str | os.PathLike, extractor, *, progress: bool =
     show = progress and jax.process_index() == 0
     if volumes:
         per_volume = len(PLANES) * len(positions)
-        slices = (s for f in files[start:stop] for s in volume_slices(load_volume(f.path), positions))
-        local = _extract_share(extractor, slices, (stop - start) * per_volume, desc=str(folder), progress=show)
+        local = slice_features(extractor, (load_volume(f.path) for f in files[start:stop]), stop - start,
+                               positions=positions, progress=show, desc=str(folder))
         return FeatureSet.from_features(gather_rows(local), np.repeat([f.label for f in files], per_volume),
                                         str(folder), slice_planes(len(files), positions))
     local = _extract_share(extractor, iter_images(files[start:stop]), stop - start, desc=str(folder), progress=show)
@@ -177,9 +206,11 @@ def dataset_feature_set(name: str, extractor, *, data_dir: str | None = None, sp
                            channels=get_info(name).channels if volumes else 3, num_examples=num_examples)
     images.start, images.stop = process_block(images.total)  # this process's share (all of it for one)
     per_item = len(PLANES) * len(positions) if volumes else 1
-    items = (s for volume in images for s in volume_slices(volume, positions)) if volumes else iter(images)
-    local = _extract_share(extractor, items, len(images) * per_item, desc=name,
-                           progress=progress and jax.process_index() == 0)
+    show = progress and jax.process_index() == 0
+    if volumes:
+        local = slice_features(extractor, iter(images), len(images), positions=positions, progress=show, desc=name)
+    else:
+        local = _extract_share(extractor, iter(images), len(images), desc=name, progress=show)
     class_names = list(images.source.class_names)
     pool = gather_rows(local)
     labels = gather_rows(np.asarray([class_names.index(c) for c in images.labels], np.int32))

@@ -5,6 +5,15 @@
 every generated image's nearest training images by feature cosine, confirmed by pixel SSIM.
 :class:`FolderAudit` keeps the files with the scores, and writes ``report.json`` (every generated image's
 match) and ``closest_pairs.png`` (the closest pairs side by side).
+
+Two folders of NIfTI volumes (as ``eval.sample`` writes them for a 3-D model) are audited the same way.
+No 3-D feature network's weights ship in a package, so a volume's feature is the concatenation of the
+Inception pool features of its axial, coronal and sagittal mid-slices
+(:func:`~medfusion_jax.evaluation.feature_sets.volume_slices`, the slices FID scores volumes by), a
+[N, 3 x 2048] feature: a near neighbour must then look alike in all three planes. The confirmation is
+the 3-D SSIM of the volumes. The training-feature cache holds the slice features [3 N, 2048] with their
+labels and planes, the layout :meth:`~medfusion_jax.evaluation.feature_sets.FeatureSet.save` writes for a
+volume folder (so ``eval.fid --save-stats`` of the training folder serves as the cache too).
 """
 
 from __future__ import annotations
@@ -18,9 +27,19 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from medfusion_jax.evaluation.feature_sets import load_feature_set
+from medfusion_jax.evaluation.feature_sets import load_feature_set, slice_features, slice_planes
 from medfusion_jax.evaluation.features import InceptionFeatureExtractor
-from medfusion_jax.images import ImageFile, iter_images, list_image_files, load_rgb
+from medfusion_jax.images import (
+    PLANES,
+    ImageFile,
+    ImageFilesError,
+    holds_volumes,
+    iter_images,
+    list_image_files,
+    list_volume_files,
+    load_rgb,
+    load_volume,
+)
 from medfusion_jax.metrics.memorization import MemorizationReport, audit, pairs_picture
 
 REPORT_JSON = "report.json"
@@ -37,12 +56,16 @@ class FolderAudit:
     generated_files: list[ImageFile]
     report: MemorizationReport
     k: int
+    volumes: bool = False  # folders of NIfTI volumes rather than images
+
+    def _load(self, path: Path) -> np.ndarray:
+        return load_volume(path) if self.volumes else load_rgb(path)
 
     def load_train(self, j: int) -> np.ndarray:
-        return load_rgb(self.train_files[j].path)
+        return self._load(self.train_files[j].path)
 
     def load_generated(self, g: int) -> np.ndarray:
-        return load_rgb(self.generated_files[g].path)
+        return self._load(self.generated_files[g].path)
 
     def summary(self, ssim_threshold: float, cosine_threshold: float | None) -> dict[str, Any]:
         """The ``report.json`` payload: thresholds, the near-copy fraction, every generated image's match."""
@@ -75,6 +98,31 @@ class FolderAudit:
         return summary
 
 
+def volume_slice_features(extractor: InceptionFeatureExtractor, files: list[ImageFile], *, progress: bool = True,
+                          desc: str = "volumes") -> np.ndarray:
+    """[3 N, 2048]: the pool features of every volume's mid-slices (:func:`slice_features`), volume by volume,
+    plane by plane (the rows of a volume folder's :class:`~medfusion_jax.evaluation.feature_sets.FeatureSet`);
+    ``reshape(N, -1)`` gives the audit's [N, 3 * 2048] features."""
+    return slice_features(extractor, (load_volume(f.path) for f in files), len(files), progress=progress, desc=desc)
+
+
+def _read_cache(cache: Path, train: Path, train_files: list[ImageFile], volumes: bool) -> np.ndarray:
+    """The cached training features ([N, 2048], or [N, 3 * 2048] for volumes), refused if they are not those of
+    ``train_files``."""
+    feature_set = load_feature_set(cache)
+    features, n = feature_set.features, len(train_files)
+    if volumes:
+        expected = slice_planes(n)
+        if (features is None or feature_set.planes is None or len(features) != len(expected)
+                or list(feature_set.planes) != list(expected)):
+            raise ValueError(f"{cache} does not hold the mid-slice features of the {n} volumes of {train}: "
+                             "delete it to recompute")
+        return features.reshape(n, -1)
+    if features is None or feature_set.planes is not None or len(features) != n:
+        raise ValueError(f"{cache} does not hold features of the {n} images of {train}: delete it to recompute")
+    return features
+
+
 def audit_folders(
     train: str | Path,
     generated: str | Path,
@@ -84,28 +132,45 @@ def audit_folders(
     train_features_cache: str | Path | None = None,
     progress: bool = True,
 ) -> FolderAudit:
-    """Audit the images of ``generated`` against those of ``train`` (both read like ``ImageFolder``).
+    """Audit the images of ``generated`` against those of ``train`` (both read like ``ImageFolder``), or the
+    NIfTI volumes of two volume folders (module docstring).
 
     ``train_features_cache``: an ``.npz`` of the training features, read if it exists (and refused if it
-    does not hold one row per training image), else written.
+    does not hold one row per training image, or the three mid-slice rows per training volume), else
+    written.
     """
     train, generated = Path(train), Path(generated)
-    train_files = list_image_files(train)
-    gen_files = list_image_files(generated)
+    train_volumes, generated_volumes = holds_volumes(train), holds_volumes(generated)
+    volumes = train_volumes or generated_volumes
+    if train.is_dir() and generated.is_dir() and train_volumes != generated_volumes:
+        kinds = {True: "volumes", False: "images"}
+        raise ImageFilesError(f"{train} holds {kinds[train_volumes]} but {generated} holds "
+                              f"{kinds[generated_volumes]}: audit images against images, volumes against volumes")
+    list_files, kind = (list_volume_files, "volumes") if volumes else (list_image_files, "images")
+    train_files = list_files(train)
+    gen_files = list_files(generated)
+
+    def features(files: list[ImageFile], desc: str) -> np.ndarray:
+        if volumes:
+            return volume_slice_features(extractor, files, progress=progress, desc=desc)
+        return extractor.extract(iter_images(files), total=len(files), progress=progress, desc=desc)["pool"]
+
     cache = Path(train_features_cache) if train_features_cache else None
     if cache is not None and cache.is_file():
-        train_features = load_feature_set(cache).features
-        if train_features is None or len(train_features) != len(train_files):
-            raise ValueError(f"{cache} does not hold features of the {len(train_files)} images of {train}: "
-                             "delete it to recompute")
+        train_features = _read_cache(cache, train, train_files, volumes)
     else:
-        train_features = extractor.extract(iter_images(train_files), total=len(train_files), progress=progress,
-                                           desc="training images")["pool"]
+        train_features = features(train_files, f"training {kind}")
         if cache is not None:
-            np.savez(cache, features=train_features, labels=np.array([f.label for f in train_files], dtype=str))
-    gen_features = extractor.extract(iter_images(gen_files), total=len(gen_files), progress=progress,
-                                     desc="generated images")["pool"]
-    load_train = functools.lru_cache(maxsize=4096)(lambda j: load_rgb(train_files[j].path))
-    report = audit(gen_features, train_features, lambda g: load_rgb(gen_files[g].path), load_train, k=k,
+            labels = np.array([f.label for f in train_files], dtype=str)
+            extra = {}
+            if volumes:
+                labels, extra = np.repeat(labels, len(PLANES)), {"planes": slice_planes(len(train_files)).astype(str)}
+            np.savez(cache, features=train_features, labels=labels, **extra)
+        train_features = train_features.reshape(len(train_files), -1)
+    gen_features = features(gen_files, f"generated {kind}").reshape(len(gen_files), -1)
+    load = load_volume if volumes else load_rgb
+    # Candidates repeat across generated items: keep recent training items decoded (fewer volumes: larger).
+    load_train = functools.lru_cache(maxsize=64 if volumes else 4096)(lambda j: load(train_files[j].path))
+    report = audit(gen_features, train_features, lambda g: load(gen_files[g].path), load_train, k=k,
                    progress=lambda it: tqdm(it, desc="SSIM of candidates", disable=not progress))
-    return FolderAudit(train, generated, train_files, gen_files, report, k)
+    return FolderAudit(train, generated, train_files, gen_files, report, k, volumes)

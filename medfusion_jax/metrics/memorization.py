@@ -13,6 +13,15 @@ defeats that purpose. For every generated image:
 A generated image counts as a near-copy when its match's SSIM is at least ``ssim_threshold``
 (default 0.9: a heuristic, not an established standard; inspect the pairs picture) and, if given,
 its cosine similarity at least ``cosine_threshold``.
+
+Volumes (the loaders return uint8 [D, H, W, C]) go through the same steps: the features are whatever
+the caller gives (:func:`medfusion_jax.evaluation.memorization.audit_folders` concatenates the Inception
+features of a volume's three orthogonal mid-slices), the confirmation is the 3-D SSIM (11x11x11
+Gaussian window, :func:`medfusion_jax.metrics.msssim.ssim`), and a training volume of another size is
+resized to the generated one's trilinearly (``scipy.ndimage.zoom``, order 1, ``grid_mode``: the data
+pipeline's volume resize, as the images' bilinear resize is PIL's). A pair whose channel counts differ,
+or an image paired with a volume, is refused (``ValueError``). The pairs picture shows a volume by its
+axial, coronal and sagittal mid-slices (:func:`medfusion_jax.images.orthogonal_mid_slices`).
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
+from medfusion_jax.images import orthogonal_mid_slices
 from medfusion_jax.metrics.msssim import ssim
 
 ImageLoader = Callable[[int], np.ndarray]
@@ -65,11 +76,28 @@ def nearest_by_cosine(
     return np.concatenate(sims), np.concatenate(idx)
 
 
+def resize_volume(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resize of a uint8 [D, H, W, C] volume to ``shape`` (D, H, W), rounded back to uint8."""
+    factors = [n / m for n, m in zip(shape, volume.shape[:3], strict=True)] + [1.0]
+    out = ndimage.zoom(volume.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    out = out[: shape[0], : shape[1], : shape[2]]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def pixel_ssim(generated: np.ndarray, train: np.ndarray) -> float:
-    """SSIM of two uint8 [H, W, 3] images in [0, 1] (data range 1); ``train`` is resized to ``generated``."""
+    """SSIM of two uint8 [H, W, 3] images, or [D, H, W, C] volumes, in [0, 1] (data range 1); ``train`` is
+    resized to ``generated`` (images bilinearly with PIL, volumes trilinearly: module docstring)."""
+    generated, train = np.asarray(generated), np.asarray(train)
+    if generated.ndim != train.ndim or generated.ndim not in (3, 4) or generated.shape[-1] != train.shape[-1]:
+        raise ValueError(f"cannot compare a generated item of shape {generated.shape} with a training item of "
+                         f"shape {train.shape}: expected two images [H, W, C] or two volumes [D, H, W, C] with "
+                         "the same channels")
     if train.shape != generated.shape:
-        h, w = generated.shape[:2]
-        train = np.asarray(Image.fromarray(train).resize((w, h), Image.BILINEAR))
+        if generated.ndim == 4:
+            train = resize_volume(train, generated.shape[:3])
+        else:
+            h, w = generated.shape[:2]
+            train = np.asarray(Image.fromarray(train).resize((w, h), Image.BILINEAR))
     a = generated[None].astype(np.float32) / 255
     b = train[None].astype(np.float32) / 255
     return float(ssim(a, b, data_range=1.0)[0])
@@ -123,8 +151,8 @@ def audit(
 ) -> MemorizationReport:
     """Nearest training images of every generated image (by features), confirmed by pixel SSIM.
 
-    ``load_generated(i)`` / ``load_train(j)`` return uint8 [H, W, 3] images; ``progress`` may wrap
-    the loop over generated images (e.g. ``tqdm``).
+    ``load_generated(i)`` / ``load_train(j)`` return uint8 [H, W, 3] images, or uint8 [D, H, W, C]
+    volumes (confirmed by 3-D SSIM); ``progress`` may wrap the loop over generated images (e.g. ``tqdm``).
     """
     cosine, train_index = nearest_by_cosine(generated_features, train_features, k)
     scores = np.zeros(cosine.shape, np.float64)
@@ -142,15 +170,28 @@ def pairs_picture(
     *,
     tile: int = 128,
 ) -> Image.Image:
-    """One row per pair: generated | training image, with the indices, cosine and SSIM written above."""
+    """One row per pair: generated | training image, with the indices, cosine and SSIM written above.
+
+    Images are drawn ``tile`` x ``tile``; volumes by their axial, coronal and sagittal mid-slices side by
+    side, each ``tile`` x ``tile`` (a ``3 tile`` wide picture per volume)."""
     if not pairs:
         raise ValueError("no pairs to draw")
+
+    def picture(item: np.ndarray) -> Image.Image:
+        item = np.asarray(item)
+        if item.ndim == 4:
+            item = orthogonal_mid_slices(item[None])[0]
+        if item.shape[-1] == 1:
+            item = item[..., 0]
+        return Image.fromarray(item).convert("RGB")
+
     label_h = 14
-    canvas = Image.new("RGB", (2 * tile + 12, len(pairs) * (tile + label_h + 6)), "white")
+    width = 3 * tile if np.ndim(load_generated(pairs[0][0])) == 4 else tile  # a volume's three slices
+    canvas = Image.new("RGB", (2 * width + 12, len(pairs) * (tile + label_h + 6)), "white")
     draw = ImageDraw.Draw(canvas)
     for row, (g, t, cos, sim) in enumerate(pairs):
         y = row * (tile + label_h + 6)
         draw.text((2, y), f"gen {g} / train {t}  cos {cos:.3f}  SSIM {sim:.3f}", fill="black")
-        for col, img in enumerate((load_generated(g), load_train(t))):
-            canvas.paste(Image.fromarray(img).resize((tile, tile), Image.BILINEAR), (col * (tile + 12), y + label_h))
+        for col, item in enumerate((load_generated(g), load_train(t))):
+            canvas.paste(picture(item).resize((width, tile), Image.BILINEAR), (col * (width + 12), y + label_h))
     return canvas
