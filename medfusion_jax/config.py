@@ -32,6 +32,12 @@ class DataConfig:
     num_examples: int | None = None
     #: Decoding processes of the Grain pipeline (0: threads of the training process).
     worker_count: int = 0
+    #: ``volume-folder`` only (the original's SimpleDataset3D transforms; None: the default): how a volume
+    #: becomes the cube, "resize" (default) or "crop-or-pad"; a voxel spacing (D, H, W) in mm to resample
+    #: to first; intensities "zscore" (default, MRI) or "rescale" (to [-1, 1], CT).
+    volume_fit: str | None = None
+    volume_spacing: tuple[float, float, float] | None = None
+    volume_intensity: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +198,15 @@ def validate(config: Config) -> None:
         ("d" not in data.flips or config.model.spatial_dims == 3,
          f"--flips {data.flips!r}: 'd' (depth) flips volumes only"),
         (data.image_size > 0, f"--image-size must be positive, got {data.image_size}"),
+        (data.volume_fit in (None, "resize", "crop-or-pad"),
+         f"--volume-fit must be 'resize' or 'crop-or-pad', got {data.volume_fit!r}"),
+        (data.volume_intensity in (None, "zscore", "rescale"),
+         f"--volume-intensity must be 'zscore' or 'rescale', got {data.volume_intensity!r}"),
+        (data.volume_spacing is None or (len(data.volume_spacing) == 3 and min(data.volume_spacing) > 0),
+         f"--volume-spacing must be three positive millimetre values D,H,W, got {data.volume_spacing}"),
+        (data.dataset == "volume-folder" or (data.volume_fit, data.volume_spacing, data.volume_intensity)
+         == (None, None, None), f"--volume-fit, --volume-spacing and --volume-intensity apply to --dataset "
+                                f"volume-folder only, not {data.dataset}"),
     ]
     if isinstance(config, AutoencoderConfig):
         down = 1

@@ -163,3 +163,29 @@ def test_csv_labelled_volumes(volume_tree):
     assert [p.kind for p in src.problems] == ["missing_file"] and src.problems[0].path.endswith("labels.csv:5")
     with pytest.raises(Exception, match="labels.csv:5"):
         make_dataset("volume-folder", str(volume_tree), image_size=8, strict=True)
+
+
+def test_volume_transform_flags_reach_the_source(volume_tree, capsys):
+    """--volume-fit/--volume-spacing/--volume-intensity of the training commands become the source's
+    VolumeTransform; on another data set, or with a bad value, the command stops naming the flag."""
+    from medfusion_jax.training.stages import open_source
+    from train import autoencoder as ae_cli
+
+    base = ["--dataset", "volume-folder", "--data-dir", str(volume_tree), "--image-size", "16"]
+    config = ae_cli.make_config(ae_cli.parse_args([*base, "--volume-fit", "crop-or-pad", "--volume-spacing",
+                                                   "1,1.5,2", "--volume-intensity", "rescale"]))
+    assert (config.data.volume_fit, config.data.volume_spacing, config.data.volume_intensity) == \
+        ("crop-or-pad", (1.0, 1.5, 2.0), "rescale")
+    source = open_source(config.data)
+    assert source.options == volumes.VolumeTransform(spacing=(1.0, 1.5, 2.0), fit="crop-or-pad",
+                                                     intensity="rescale")
+    # The item is the definition applied: resampled to the spacing, cropped or padded, rescaled.
+    path = str(volume_tree / "healthy" / "v0.nii.gz")
+    expected = volumes.transform(volumes.read_volume(path), 16, source.options)
+    np.testing.assert_array_equal(source[source.paths.index(path)]["image"], expected)
+    assert open_source(ae_cli.make_config(ae_cli.parse_args(base)).data).options == volumes.VolumeTransform()
+    assert ae_cli.main(["--dataset", "phantom-brain", "--volume-fit", "crop-or-pad", "--steps", "1"]) == 2
+    assert "apply to --dataset volume-folder only, not phantom-brain" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ae_cli.parse_args([*base, "--volume-spacing", "1,2"])
+    assert "expected three numbers D,H,W in mm" in capsys.readouterr().err

@@ -199,6 +199,7 @@ def make_dataset(
     strict: bool = False,
     allow_upscale: bool = False,
     use_prepared: bool | None = None,
+    volume_transform: volumes.VolumeTransform | None = None,
 ) -> ImageSource:
     """Opens a data set as a random-access source of ``{"image": uint8 [H, W, C], "label": int}`` (volumes:
     ``[D, H, W, C]``).
@@ -218,8 +219,12 @@ def make_dataset(
       allow_upscale: enlarge images smaller than ``image_size`` instead of rejecting them.
       use_prepared: ``None``: read prepared data if ``data_dir`` holds some for this data set,
         else the raw layout; ``True``: require prepared data; ``False``: always read the raw layout.
+      volume_transform: ``volume-folder`` only: a :class:`~medfusion_jax.data.volumes.VolumeTransform`
+        (None: its default, resize and z-score).
     """
     info = get_info(name)
+    if volume_transform is not None and name != "volume-folder":
+        raise ValueError(f"a volume transform applies to volume-folder only, not {name}")
     channels = channels or info.channels
     if info.builtin:
         return PhantomSource(
@@ -237,6 +242,7 @@ def make_dataset(
             return prepared.PreparedSource(info, path, split=split, channels=channels)
         if use_prepared:
             raise DataError(f"{data_dir}: no prepared {name} data (run python -m medfusion_jax.data.prepare)")
+    extra = {} if volume_transform is None else {"options": volume_transform}
     return info.opener(
         info,
         data_dir,
@@ -245,4 +251,5 @@ def make_dataset(
         channels=channels,
         strict=strict,
         allow_upscale=allow_upscale,
+        **extra,
     )

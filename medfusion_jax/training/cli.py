@@ -47,6 +47,12 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                       help="random flips: '', 'h', 'v' or 'hv', volumes also 'd' (preset per data set and stage)")
     data.add_argument("--num-examples", type=int, help="phantom-* only: images in the training split")
     data.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this process)")
+    data.add_argument("--volume-fit", choices=("resize", "crop-or-pad"),
+                      help="volume-folder: volume to cube by resizing (default) or by cropping/padding at the centre")
+    data.add_argument("--volume-spacing", type=_spacing, metavar="D,H,W",
+                      help="volume-folder: resample to this voxel spacing in mm first (e.g. 1,1,1)")
+    data.add_argument("--volume-intensity", choices=("zscore", "rescale"),
+                      help="volume-folder: z-score per volume (default, MRI) or min-max rescale (CT)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", help="where checkpoints, logs and images go (default runs/<stage>-<dataset>)")
@@ -92,7 +98,20 @@ def data_config(args: argparse.Namespace, preset: dict[str, Any], image_size: in
         flips=pick(args, preset, "flips", ""),
         num_examples=args.num_examples,
         worker_count=args.workers,
+        volume_fit=args.volume_fit,
+        volume_spacing=args.volume_spacing,
+        volume_intensity=args.volume_intensity,
     )
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers D,H,W in mm, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 def run_config(args: argparse.Namespace, preset: dict[str, Any], stage: str) -> RunConfig:

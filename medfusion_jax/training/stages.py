@@ -21,6 +21,7 @@ from medfusion_jax.config import (
     validate,
 )
 from medfusion_jax.data import DataError, ImageError, ImageSource, make_dataset, make_loader, normalize
+from medfusion_jax.data.volumes import VolumeTransform
 from medfusion_jax.images import image_grid, to_uint8
 from medfusion_jax.mesh import make_mesh, replicated
 from medfusion_jax.run_folder import (
@@ -41,7 +42,15 @@ PREVIEW_IMAGES = 8
 
 def open_source(data: DataConfig) -> ImageSource:
     return make_dataset(data.dataset, data.data_dir, split="train", image_size=data.image_size,
-                        num_examples=data.num_examples)
+                        num_examples=data.num_examples, volume_transform=volume_transform(data))
+
+
+def volume_transform(data: DataConfig) -> VolumeTransform | None:
+    """The ``volume-folder`` transforms of the configuration (None: the data set's default)."""
+    if (data.volume_fit, data.volume_spacing, data.volume_intensity) == (None, None, None):
+        return None
+    return VolumeTransform(spacing=data.volume_spacing, fit=data.volume_fit or "resize",
+                           intensity=data.volume_intensity or "zscore")
 
 
 def image_loader(source: ImageSource, config: AutoencoderConfig | DiffusionConfig):
