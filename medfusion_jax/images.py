@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,14 @@ def holds_volumes(root: str | os.PathLike) -> bool:
     sample folder also holds its preview ``grid.png``)."""
     root = Path(root)
     return root.is_dir() and any(_is_volume(p) for p in root.rglob("*"))
+
+
+def list_items(root: str | os.PathLike) -> tuple[list[ImageFile], Callable[[str | os.PathLike], np.ndarray]]:
+    """The files of an image folder or of a volume folder (:func:`holds_volumes`), with the function that
+    loads one: :func:`load_rgb` for images, :func:`load_volume` for volumes."""
+    if holds_volumes(root):
+        return list_volume_files(root), load_volume
+    return list_image_files(root), load_rgb
 
 
 def load_volume(path: str | os.PathLike) -> np.ndarray:

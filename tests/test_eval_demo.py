@@ -108,3 +108,4 @@ def test_rerun_keeps_everything(tiny_demo):
     assert demo.main([*ARGS, "--out", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.png")} == before
     assert {p: p.read_text() for p in (out / "scores").glob("*.json")} == scores_before
+
