@@ -85,8 +85,8 @@ SIZES = {
     "ae_eval_examples": (200, 8),
 }
 #: (defaults, --tiny) that differ for volumes (3-D data sets): the sizes a 2-core CPU runs within 30 minutes.
-VOLUME_SIZES = {"image_size": (32, 32), "ae_steps": (1000, 3), "diffusion_batch_size": (16, 8),
-                "num_per_class": (100, 6), "real_examples": (300, 12)}
+VOLUME_SIZES = {"image_size": (32, 32), "train_examples": (500, 16), "ae_steps": (800, 3), "diffusion_steps": (3300, 4),
+                "diffusion_batch_size": (16, 8), "num_per_class": (100, 6), "real_examples": (250, 12)}
 #: Classifier-free guidance of the samples (the paper's sampling: 1, none). Volumes: 3, because the
 #: CPU-sized 3-D model's conditioning is weak without it (phantom-brain, 3900 diffusion steps, 60 samples
 #: per class: ventriculomegaly measured on its side of the threshold in 51 % of samples at 1, 72 % at 2,

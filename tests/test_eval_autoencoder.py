@@ -4,7 +4,8 @@ A two-step autoencoder run on ``phantom-cxr`` (tiny network, 32x32, no perceptua
 training output; it is evaluated at 176x176 (the fully convolutional VAE takes any size divisible by
 its downsampling), the smallest size TorchMetrics' 5-scale MS-SSIM accepts. The same weights written
 as an original Medfusion Lightning checkpoint (VAE, and VAEGAN) must give the same numbers. Volumes:
-``phantom-brain`` at 16^3, through the library function and a one-step run of a tiny 3-D autoencoder.
+``phantom-brain`` at 16^3, through the library function (the command on a 3-D run: the tiny volume demo,
+tests/test_eval_demo_volumes.py).
 """
 
 from __future__ import annotations
@@ -69,19 +70,6 @@ def images() -> np.ndarray:
 def volumes() -> np.ndarray:
     source = make_dataset("phantom-brain", split="validation", image_size=VOLUME_SIZE, num_examples=3)
     return np.stack([source[i]["image"] for i in range(3)])
-
-
-@pytest.fixture(scope="module")
-def volume_run_dir(tmp_path_factory) -> Path:
-    """One training step of a tiny 3-D autoencoder (one level: the cheapest to compile) on phantom-brain."""
-    run = tmp_path_factory.mktemp("ae3d-run")
-    args = ae_cli.parse_args([
-        "--dataset", "phantom-brain", "--image-size", str(VOLUME_SIZE), "--num-examples", "8", "--hid-chs", "4",
-        "--norm-groups", "2", "--emb-channels", "2", "--deep-supervision", "0", "--run-dir", str(run),
-        "--steps", "1", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "1", "--image-every", "0",
-    ])
-    assert run_autoencoder(ae_cli.make_config(args), handle_signals=False).final_step == 1
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -189,25 +177,6 @@ def test_cli_on_a_training_run(run_dir, run_eval, tmp_path, capsys):
     assert code == 0 and read_metrics(out)["per_image"] == payload["per_image"]
     assert "MS-SSIM" in stdout and "MSE (x1e-5)" in stdout and "LPIPS score" in stdout
     assert 0 < metrics["ssim"]["mean"] <= 1 and len(payload["per_image"]["ssim"]) == N
-
-
-def test_cli_on_a_volume_run(volume_run_dir, tmp_path, capsys):
-    """A phantom-brain run: its data set, size and (1) channel by default; LPIPS left out, with a note."""
-    out = tmp_path / "eval3d"
-    code, stdout, _ = run_cli(["--checkpoint", str(volume_run_dir), "--num-examples", "3", "--batch-size", "2",
-                               "--no-progress", "--out", str(out)], capsys)
-    assert code == 0
-    payload = read_metrics(out)
-    assert payload["dataset"] == "phantom-brain" and payload["image_size"] == VOLUME_SIZE
-    assert payload["channels"] == 1 and payload["metrics"]["image_shape"] == [VOLUME_SIZE] * 3 + [1]
-    assert payload["per_image"]["lpips"] is None and payload["per_image"]["ms_ssim"] is None
-    assert len(payload["per_image"]["ssim"]) == 3 and all(0 <= v <= 1 for v in payload["per_image"]["ssim"])
-    assert "3 volumes of 16x16x16" in stdout and "note: LPIPS left out" in stdout
-    with Image.open(out / "reconstructions.png") as png:
-        assert png.size == (2 + 3 * (3 * VOLUME_SIZE + 2), 2 + 2 * (VOLUME_SIZE + 2))
-    # A 3-D autoencoder on a data set of images is refused, naming both.
-    code, _, err = run_cli(["--checkpoint", str(volume_run_dir), *EVAL, "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and "autoencoder of volumes" in err and "phantom-cxr holds images" in err
 
 
 @pytest.mark.parametrize("reference_class", ["VAE", "VAEGAN"])

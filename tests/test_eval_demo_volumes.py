@@ -18,7 +18,7 @@ def _rows(path):
 
 
 @pytest.mark.slow
-def test_tiny_volume_demo_scores_slices_per_plane_and_reports_them(tmp_path):
+def test_tiny_volume_demo_scores_slices_per_plane_and_reports_them(tmp_path, capsys):
     """Issue 15 items 5-6: the same chain on the 3-D phantom: NIfTI samples, every set scored on the three
     orthogonal mid-slices (pooled and per plane), 3-D reconstruction metrics, the memorisation audit of
     volumes, and the report with the per-plane table."""
@@ -45,5 +45,11 @@ def test_tiny_volume_demo_scores_slices_per_plane_and_reports_them(tmp_path):
     assert memo["n_generated"] == 20 and memo["matches"][0]["train"].endswith(".nii.gz")
     measured = json.loads((out / "scores" / "measurements.json").read_text())
     assert [m["class_name"] for m in measured["real"]] == ["normal ventricles", "ventriculomegaly"]
+    # The demo's 3-D autoencoder on a data set of images is refused, naming both.
+    from eval import autoencoder as ae_eval
+
+    assert ae_eval.main(["--checkpoint", str(out / "autoencoder"), "--dataset", "phantom-cxr", "--num-examples", "2",
+                         "--out", str(tmp_path / "x")]) == 2
+    assert "an autoencoder of volumes, but phantom-cxr holds images" in capsys.readouterr().err
     report = (out / "report.md").read_text()
     assert "32^3 volumes" in report and "| axial | generated |" in report and "| sagittal | real vs real |" in report
