@@ -3,7 +3,8 @@ images and for volumes.
 
 XLA_FLAGS must be set before JAX starts, so the comparison runs in a subprocess with 8 host devices.
 The autoencoder step includes the VGG16 perceptual term; the diffusion step encodes images with a frozen
-VAE and uses FSDP (parameters and Adam moments sharded over the 8 devices).
+VAE; the diffusion step and the 3-D autoencoder step use FSDP (parameters and Adam moments sharded over the
+8 devices).
 """
 
 from __future__ import annotations
@@ -61,11 +62,28 @@ def compare(name, fn, static, spec, state, constants, fsdp, batch=batch):
     eight = step(fn, static, spec, state, constants, make_mesh(), fsdp, batch)
     lr = spec.config.lr
     worst_metric = max(relative(one[1][k], eight[1][k]) for k in one[1])
-    groups = {"opt_state": [], "ema": [], "params": [], "param_step": []}
-    for key in ("opt_state", "ema"):
-        if key in one[0]:
-            groups[key] = [relative(a, b) for a, b in zip(jax.tree.leaves(one[0][key]), jax.tree.leaves(eight[0][key]),
-                                                           strict=True)]
+    groups = {"opt_state": [], "ema": [], "params": [], "param_step": [], "noise_moments": []}
+    if "ema" in one[0]:
+        groups["ema"] = [relative(a, b) for a, b in
+                         zip(jax.tree.leaves(one[0]["ema"]), jax.tree.leaves(eight[0]["ema"]), strict=True)]
+    # Adam's moments, each against its own scale. A moment of a gradient that is rounding noise (the bias of
+    # a conv followed by GroupNorm, whose true gradient is 0: ~1e-14 while its kind's largest moments are
+    # ~1e-2) differs with the reduction order; such leaves (below 1e-9 of the largest moment of their kind,
+    # mu or nu) are held to 1e-9 of that largest moment instead.
+    moments = [(jax.tree_util.keystr(path), np.asarray(a, np.float64), np.asarray(b, np.float64)) for (path, a), b in
+               zip(jax.tree_util.tree_leaves_with_path(one[0]["opt_state"]), jax.tree.leaves(eight[0]["opt_state"]),
+                   strict=True)]
+    def kind(path):
+        return ".mu" if ".mu" in path else ".nu" if ".nu" in path else "other"
+    largest = {}
+    for path, a, _ in moments:
+        largest[kind(path)] = max(largest.get(kind(path), 0.0), float(np.max(np.abs(a), initial=0.0)))
+    for path, a, b in moments:
+        floor = 1e-9 * largest[kind(path)]
+        if float(np.max(np.abs(a), initial=0.0)) >= floor:
+            groups["opt_state"].append(relative(a, b))
+        else:
+            groups["noise_moments"].append(float(np.max(np.abs(a - b), initial=0.0)) / floor)
     for a, b in zip(jax.tree.leaves(one[0]["params"]), jax.tree.leaves(eight[0]["params"]), strict=True):
         # A parameter whose gradient is rounding noise (|g| << Adam's eps = 1e-8; e.g. a zero-initialised
         # output conv after one step) moves by lr * g / (|g| + eps), which amplifies that noise: such
@@ -86,14 +104,16 @@ spec, state, constants = autoencoder_task.init_autoencoder(ae_config)
 fn, static = autoencoder_task.train_step_for(spec, 0)
 report = {"autoencoder": compare("autoencoder", fn, static, spec, state, constants, False)}
 
-# Volumes: a two-level 3-D autoencoder on 8^3 single-channel volumes (no perceptual term: LPIPS is 2-D).
+# Volumes: a two-level 3-D autoencoder on 8^3 single-channel volumes (no perceptual term: LPIPS is 2-D); its
+# second level's 3x3x3x32x32 kernels are above FSDP_MIN_SIZE, so --fsdp shards them.
 volumes = {"image": rng.uniform(-1, 1, (8, 8, 8, 8, 1)).astype(np.float32), "label": np.arange(8, dtype=np.int32) % 2}
 vol_config = AutoencoderConfig(data=DataConfig("phantom-brain", image_size=8), run=run, perceptual_weight=0.0,
-                               model=VAEConfig(hid_chs=(8, 8), kernel_sizes=(3, 3), strides=(1, 2), deep_supervision=0,
+                               model=VAEConfig(hid_chs=(8, 32), kernel_sizes=(3, 3), strides=(1, 2), deep_supervision=0,
                                                in_channels=1, out_channels=1, spatial_dims=3))
 spec, state, constants = autoencoder_task.init_autoencoder(vol_config)
 fn, static = autoencoder_task.train_step_for(spec, 0)
-report["autoencoder_3d"] = compare("autoencoder_3d", fn, static, spec, state, constants, False, volumes)
+# With --fsdp: the parameters and Adam moments of the 3-D networks sharded over the mesh as well.
+report["autoencoder_3d"] = compare("autoencoder_3d", fn, static, spec, state, constants, True, volumes)
 
 vae_graph, vae_params = split_params(build(VAE, dict(hid_chs=(8, 16, 16), emb_channels=4, **LEVELS)))
 diff_config = DiffusionConfig(data=data, run=run, autoencoder="unused",
@@ -121,6 +141,7 @@ def test_sharded_step_equals_single_device_step(report, stage):
     result = report[stage]
     assert result["worst_metric"] < 1e-5, result
     assert result["worst_opt_state"] < 1e-5, result  # Adam's mu and nu, each against its own scale
+    assert result["worst_noise_moments"] <= 1.0, result  # moments of rounding-noise gradients (see compare)
     assert result["worst_params"] < 1e-5, result
     assert result["worst_param_step"] < 1e-3, result  # every parameter: within 0.1 % of one Adam step
     assert result["checked"]["opt_state"] > 0 and result["checked"]["params"] > 0
@@ -129,5 +150,6 @@ def test_sharded_step_equals_single_device_step(report, stage):
 
 
 def test_fsdp_shards_parameters(report):
-    assert any("'data'" in spec for spec in report["diffusion"]["specs"]), report["diffusion"]["specs"]
+    for stage in ("diffusion", "autoencoder_3d"):
+        assert any("'data'" in spec for spec in report[stage]["specs"]), report[stage]["specs"]
     assert report["autoencoder"]["specs"] == ["P()"]  # replicated without --fsdp
