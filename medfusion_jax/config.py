@@ -153,6 +153,11 @@ class DiffusionConfig:
     model: UNetConfig = UNetConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     lr: float = 1e-4
+    #: Linear decay of the learning rate from ``lr`` at step ``lr_decay_start`` to 0 at step
+    #: ``lr_decay_end`` (then 0); None: constant, as the reference. A fixed-length run gains from the
+    #: decay what a constant rate leaves as noise in the last weights (an option, not the reference).
+    lr_decay_start: int | None = None
+    lr_decay_end: int | None = None
     weight_decay: float = 0.01
     cfg_dropout: float = 0.5
     per_sample_cfg_dropout: bool = False
@@ -239,6 +244,11 @@ def validate(config: Config) -> None:
         checks += [
             (0.0 <= config.cfg_dropout <= 1.0, f"--cfg-dropout must be in [0, 1], got {config.cfg_dropout}"),
             (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+            ((config.lr_decay_start is None) == (config.lr_decay_end is None),
+             "--lr-decay-start and --lr-decay-end go together"),
+            (None in (config.lr_decay_start, config.lr_decay_end) or 0 <= config.lr_decay_start < config.lr_decay_end,
+             f"--lr-decay-start ({config.lr_decay_start}) must be >= 0 and below --lr-decay-end "
+             f"({config.lr_decay_end})"),
             (0.0 < config.ema_max_decay < 1.0, f"--ema-max-decay must be in (0, 1), got {config.ema_max_decay}"),
             (all(c % config.model.norm_groups == 0 for c in config.model.hid_chs),
              f"--hid-chs {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm groups "

@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--num-res-blocks", type=int, help="residual blocks per level (the paper: 2)")
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=float, help="AdamW learning rate (the paper: 1e-4; preset per data set)")
+    train.add_argument("--lr-decay-start", type=int,
+                       help="step from which the learning rate decays linearly (the paper: constant)")
+    train.add_argument("--lr-decay-end", type=int, help="step at which the decayed learning rate reaches 0")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch's default)")
     train.add_argument("--cfg-dropout", type=float, default=0.5, help="probability of dropping the label")
     train.add_argument("--per-sample-cfg-dropout", action="store_true",
@@ -65,6 +68,8 @@ def make_config(args: argparse.Namespace) -> DiffusionConfig:
                          norm_groups=args.norm_groups, num_res_blocks=pick(args, values, "num_res_blocks", 2),
                          spatial_dims=DATASETS[args.dataset].spatial_dims),
         lr=pick(args, values, "lr", 1e-4),
+        lr_decay_start=args.lr_decay_start,
+        lr_decay_end=args.lr_decay_end,
         weight_decay=args.weight_decay,
         cfg_dropout=args.cfg_dropout,
         per_sample_cfg_dropout=args.per_sample_cfg_dropout,

@@ -54,9 +54,20 @@ class DiffusionSpec:
     config: DiffusionConfig
 
 
+def learning_rate(config: DiffusionConfig) -> float | optax.Schedule:
+    """``lr`` (the reference: constant), or with ``lr_decay_start/end`` a schedule of the update count n
+    (0 for the first step): lr while n <= start, then linear to 0 at n = end, then 0."""
+    if config.lr_decay_start is None:
+        return config.lr
+    start, end = config.lr_decay_start, config.lr_decay_end
+    return lambda count: config.lr * jnp.clip((end - count) / (end - start), 0.0, 1.0)
+
+
 def optimizer(spec: DiffusionSpec) -> optax.GradientTransformation:
-    """torch.optim.AdamW defaults except the learning rate; note weight decay 0.01 (optax's default is 1e-4)."""
-    return optax.adamw(spec.config.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=spec.config.weight_decay)
+    """torch.optim.AdamW defaults except the learning rate; note weight decay 0.01 (optax's default is 1e-4).
+    As torch's AdamW, the decoupled weight decay is scaled by the (scheduled) learning rate."""
+    return optax.adamw(learning_rate(spec.config), b1=0.9, b2=0.999, eps=1e-8,
+                       weight_decay=spec.config.weight_decay)
 
 
 def init_diffusion(
