@@ -50,8 +50,37 @@ def run(body: Callable[[], int | None], *, prog: str | None = None) -> int:
     """Apply the CPU setting, call ``body()``, and turn its failures into (message, exit code).
 
     ``body`` returns an exit code (None: 0). Messages go to stderr as ``error: ...``; ``prog`` names
-    the command in the interruption message.
+    the command in the interruption message. A process of a multi-process job that fails leaves the job
+    without hanging (:func:`medfusion_jax.mesh.leave_job`).
     """
+    try:
+        code = _run(body, prog)
+    except SystemExit as err:
+        if _in_job():
+            _leave_job(err.code if isinstance(err.code, int) else EXIT_FAILED)
+        raise
+    except BaseException:  # a bug (its traceback first) or an input error shown with its traceback
+        if _in_job():
+            import traceback
+
+            traceback.print_exc()
+            _leave_job(EXIT_FAILED)
+        raise
+    if code != EXIT_OK and _in_job():
+        _leave_job(code)
+    return code
+
+
+def _in_job() -> bool:
+    mesh = sys.modules.get("medfusion_jax.mesh")  # only a command that joined a job has imported it
+    return mesh is not None and mesh.in_job()
+
+
+def _leave_job(code: int) -> None:
+    sys.modules["medfusion_jax.mesh"].leave_job(code)
+
+
+def _run(body: Callable[[], int | None], prog: str | None) -> int:
     apply_cpu_defaults()
     show_traceback = os.environ.get(TRACEBACK, "0") not in ("", "0")
     try:

@@ -30,6 +30,10 @@ FSDP_MIN_SIZE = 2**14
 #: process counts as lost (``jax.distributed``'s defaults).
 INIT_TIMEOUT = 300
 HEARTBEAT_TIMEOUT = 100
+#: Seconds a process that fails waits for the others at JAX's shutdown barrier before it leaves the job at
+#: once (:func:`leave_job`).
+FAILED_SHUTDOWN_WAIT = 10.0
+_joined = [False]
 
 
 def initialize_distributed(
@@ -65,6 +69,7 @@ def initialize_distributed(
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout,
                                    heartbeat_timeout_seconds=heartbeat_timeout)
+        _joined[0] = True
     except Exception as err:  # noqa: BLE001 - JAX raises its runtime error type; the message is ours
         where = f"coordinator {coordinator_address}" if coordinator_address else "the cluster's coordinator"
         who = f"process {process_id} of {num_processes}" if process_id is not None else "this process"
@@ -73,6 +78,45 @@ def initialize_distributed(
             f"{who} could not join the job within {timeout} s at {where}: is every process started, with the "
             f"same --coordinator-address and --num-processes, and is process 0's address reachable? "
             f"(--init-timeout sets the wait; JAX: {first})") from None
+
+
+def in_job() -> bool:
+    """Whether this process joined a multi-process job (:func:`initialize_distributed`)."""
+    return _joined[0]
+
+
+def leave_job(exit_code: int, wait: float = FAILED_SHUTDOWN_WAIT) -> None:
+    """End this process's part in a job after a failure, without hanging.
+
+    JAX's shutdown (also run at exit) waits up to 300 s at a barrier for every process. When all of them
+    failed alike (e.g. the same bad flag), they meet there at once and the job ends cleanly. When this
+    process failed alone (say, a file only it could not read), the others are blocked in a collective or a
+    barrier waiting for it, and the barrier would hold all of them for those 300 s. So the shutdown gets
+    ``wait`` seconds; after that this process exits at once with ``exit_code`` (its message is already
+    printed), and the others, no longer receiving its heartbeats, end within --heartbeat-timeout with
+    JAX's message naming it. Nothing happens outside a job.
+    """
+    if not _joined[0]:
+        return
+    import os
+    import sys
+    import threading
+
+    done = threading.Event()
+
+    def shutdown():
+        try:
+            jax.distributed.shutdown()
+        except Exception:  # noqa: BLE001 - leaving anyway; JAX has logged why
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=shutdown, daemon=True).start()
+    if not done.wait(wait):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def _wait_for_coordinator(address: str, process_id: int, num_processes: int, timeout: int) -> int:

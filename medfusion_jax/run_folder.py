@@ -29,6 +29,7 @@ from flax import nnx
 
 from medfusion_jax import config as config_lib
 from medfusion_jax.config import Config, GANConfig, UNetConfig, VAEConfig
+from medfusion_jax.images import write_json_atomic
 from medfusion_jax.mesh import make_mesh, replicated
 from medfusion_jax.models import VAE, Discriminator, UNet
 
@@ -95,8 +96,10 @@ MODULE_CLASSES = {"VAE": VAE, "Discriminator": Discriminator, "UNet": UNet}
 
 
 def write_config(config: Config, run_dir: str | Path) -> Path:
+    """``config.json``, written whole or not at all: a resumed job rewrites it while its other processes
+    read it, and a process killed mid-write must not leave a run that cannot be resumed."""
     path = Path(run_dir) / CONFIG_JSON
-    path.write_text(json.dumps(config_lib.to_dict(config), indent=1) + "\n")
+    write_json_atomic(path, config_lib.to_dict(config))
     return path
 
 
@@ -119,7 +122,7 @@ def write_model_json(run_dir: str | Path, modules: dict[str, dict[str, Any]], cl
     """Record the networks of a run: ``{name: {"class": "VAE", "kwargs": {...}}}``, the class names, and
     ``frozen``: {name: directory relative to the run} for networks stored outside the checkpoints."""
     payload = dict(modules=modules, class_names=list(class_names), frozen=frozen or {})
-    (Path(run_dir) / MODEL_JSON).write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(Path(run_dir) / MODEL_JSON, payload)
 
 
 def read_model_json(run_dir: str | Path) -> dict[str, Any]:

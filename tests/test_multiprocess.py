@@ -323,9 +323,10 @@ def test_kills_at_random_moments_during_checkpoint_writes_never_lose_a_checkpoin
     complete checkpoint is never older than before; the job resumes from it, and the finished run's losses
     equal the uninterrupted two-process run's at every step.
 
-    Not in CI: it takes minutes, and inside the full suite (both test workers busy) it failed twice: a 5 s
-    heartbeat lapsed, then, with 10 s, a process of a killed job did not end within 300 s (cause not found);
-    run alone it passed three times. CI keeps the single kill above."""
+    Not in CI: it takes minutes (8 rounds: ~6 min). Under load it once found a real fault: a restarted process
+    read config.json while process 0 rewrote it (a half-written file), failed alone, and waited 300 s at JAX's
+    shutdown barrier; config.json is now written atomically and a process that fails alone leaves the job
+    (test_a_process_that_fails_alone_leaves_the_job_without_hanging). CI keeps the single kill above."""
     import re
     import signal
     import time
@@ -382,6 +383,53 @@ def test_processes_started_with_different_flags_all_stop_naming_them(tmp_path):
         assert p.returncode == 2, err[-2000:]
         assert "were started with different flags: --lr (process 0: None, process 1: 0.5)" in err, err[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+ONE_PROCESS_FAILS = """
+import sys
+from medfusion_jax import command
+
+
+def body():
+    from jax.experimental import multihost_utils
+
+    from medfusion_jax.mesh import initialize_distributed
+
+    process_id = int(sys.argv[2])
+    initialize_distributed(sys.argv[1], 2, process_id, heartbeat_timeout=5)
+    multihost_utils.sync_global_devices("both processes joined")
+    if process_id == 1:
+        raise ValueError("a file only process 1 reads is broken")
+    multihost_utils.sync_global_devices("process 1 never arrives")
+
+
+sys.exit(command.run(body, prog="probe"))
+"""
+
+
+def test_a_process_that_fails_alone_leaves_the_job_without_hanging():
+    """Item 7: process 1 fails with an input error while process 0 waits for it at a barrier. Process 1 prints
+    its message and leaves (JAX's shutdown barrier would hold it 300 s: it gets mesh.FAILED_SHUTDOWN_WAIT);
+    process 0 then ends too: its collective fails on the closed connection (gloo names the peer), or else its
+    heartbeat check ends it (JAX naming the lost task). Found by the repeated kill
+    test: a restarted process read config.json while process 0 rewrote it (now written atomically) and hung."""
+    import re
+    import time
+
+    from medfusion_jax.mesh import FAILED_SHUTDOWN_WAIT
+
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", ONE_PROCESS_FAILS, f"localhost:{port}", str(i)], cwd=ROOT,
+                              env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    start = time.monotonic()
+    _, err1 = procs[1].communicate(timeout=200)
+    assert procs[1].returncode == 2, err1[-2000:]
+    assert "error: a file only process 1 reads is broken" in err1
+    _, err0 = procs[0].communicate(timeout=200)
+    assert procs[0].returncode != 0 and time.monotonic() - start < FAILED_SHUTDOWN_WAIT + 60, err0[-2000:]
+    assert re.search(r"Connection closed by peer|Task 1 heartbeat timeout|unhealthy \(stopped sending heartbeats\)",
+                     err0), err0[-2000:]
 
 
 def test_a_coordinator_that_never_comes_up_ends_with_a_message(tmp_path):

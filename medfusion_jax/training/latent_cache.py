@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from medfusion_jax.data import ImageSource, make_loader
+from medfusion_jax.images import write_json_atomic
 from medfusion_jax.mesh import global_batch
 
 FIELDS = ("mean", "logvar", "label")
@@ -90,7 +91,7 @@ def load_or_build(directory: str | Path, fingerprint: dict[str, Any], build) -> 
             for name in FIELDS:
                 np.save(directory / f"{name}.npy", arrays[name])
             # meta.json last: an interrupted write leaves no cache that looks complete.
-            meta_path.write_text(json.dumps(fingerprint, indent=1) + "\n")
+            write_json_atomic(meta_path, fingerprint)
         multihost_utils.sync_global_devices("latent cache written")
         return arrays
     return {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in FIELDS}
