@@ -14,7 +14,7 @@ from medfusion_jax.evaluation.image_scores import ImageScores
 from medfusion_jax.evaluation.measurements import ClassMeasurement
 
 # --tiny with enough real images for precision/recall with k = 3 to mean something (still ~seconds of Inception).
-ARGS = ["--tiny", "--num-per-class", "10", "--real-examples", "30"]
+ARGS = ["--tiny", "--num-per-class", "10", "--real-examples", "30", "--lr-decay", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,9 @@ def test_tiny_demo_writes_every_artefact_and_number(tiny_demo):
                     "## 5. Scores per class", "## 6. Memorisation audit", "## 7. Settings that differ from the paper",
                     "## 8. Time per stage"]:
         assert section in report, section
-    for row in ["reference: real vs real", "reference: autoencoder reconstructions", "| image size | 256 | 32 |"]:
+    for row in ["reference: real vs real", "reference: autoencoder reconstructions", "| image size | 256 | 32 |",
+                # --lr-decay 0.5 of the 4 diffusion steps
+                "| diffusion learning-rate schedule | constant | linear decay to 0 from step 2 to 4 |"]:
         assert row in report, row
 
 
