@@ -98,7 +98,7 @@ GUIDANCE = {2: 1.0, 3: 3.0}
 #: rate decayed linearly to 0 over the last 40 % of 3300 steps: FID 35.0, precision 0.43, recall 0.42,
 #: conditioning 0.98, in ~880 s; the preset's one block at a constant rate, 4000 steps: FID 39.6, precision
 #: 0.34, recall 0.35 in ~670 s (3900 steps in the demo: precision 0.31); one block with the decay: 0.38.
-DATASET_DEFAULTS = {"phantom-cxr": {"unet_res_blocks": 2, "lr_decay": 0.4, "diffusion_steps": 3300}}
+DATASET_DEFAULTS = {"phantom-cxr": {"unet_res_blocks": 2, "lr_decay": 0.4, "diffusion_steps": 2700}}
 #: The paper's data set whose configuration each built-in phantom scales down (for volumes, which the
 #: paper did not train: the paper's networks built in 3-D, the ``volume-folder`` preset).
 PAPER_COUNTERPART = {"phantom-cxr": "chexpert", "phantom-fundus": "airogs", "phantom-histo": "crcdx",
