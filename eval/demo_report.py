@@ -41,12 +41,11 @@ WHY = {
     "autoencoder training": "CPU time (the paper trains up to 1001 epochs on a GPU)",
     "UNet channels": "a CPU-sized UNet (the paper's has 194 M parameters)",
     "UNet time embedding": "scaled with the UNet",
-    "UNet residual blocks per level": ("at 60 % of the step time of two; phantom-cxr's demo keeps the paper's two "
-                                       "(measured there: precision 0.43 against 0.31, in ~200 s more)"),
+    "UNet residual blocks per level": "per image seen it learns almost as fast as two, at 60 % of the step time",
     "diffusion learning rate": "faster convergence within the demo's steps",
     "diffusion learning-rate schedule": (
-        "a fixed-length run ends better with the rate decayed (measured on phantom-cxr with one residual block, "
-        "4000 steps: precision 0.38 against 0.34 at a constant rate)"),
+        "a fixed-length run ends better with the rate decayed (measured on phantom-cxr, one residual block, 4000 "
+        "steps: precision 0.38 against 0.34 at a constant rate)"),
     "EMA of the weights": "the reference's EMAModel (unused there): smoother samples after short training",
     "diffusion training": "CPU time",
     "DDIM steps": "CPU time; the reference's own sample sets use 50 to 250 steps",
