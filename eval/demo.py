@@ -92,14 +92,6 @@ VOLUME_SIZES = {"image_size": (32, 32), "train_examples": (500, 16), "ae_steps":
 #: per class: ventriculomegaly measured on its side of the threshold in 51 % of samples at 1, 72 % at 2,
 #: 88 % at 3; normal ventricles 89 %, 98 %, 100 %).
 GUIDANCE = {2: 1.0, 3: 3.0}
-#: Demo settings per data set where they differ from the defaults above (not under --tiny). None today:
-#: phantom-cxr with ``--unet-res-blocks 2 --lr-decay 0.4`` raises precision and recall, but past the
-#: 25-minute budget. Measured 2026-12-02 on fresh clones (300 samples against 500 test images): 3300 steps
-#: FID 35.1, precision 0.42, recall 0.39, conditioning 0.98 in 27 min 10 s; 2700 steps FID 40.0, precision
-#: 0.36, recall 0.41, conditioning 0.97 in 26 min 22 s (that day's machine ran ~20 % slower than on
-#: 2026-12-01, when the default, one block at a constant rate for 3900 steps, took 20 min 06 s: FID 39.9,
-#: precision 0.31, recall 0.30, conditioning 0.96).
-DATASET_DEFAULTS: dict[str, dict] = {}
 #: The paper's data set whose configuration each built-in phantom scales down (for volumes, which the
 #: paper did not train: the paper's networks built in 3-D, the ``volume-folder`` preset).
 PAPER_COUNTERPART = {"phantom-cxr": "chexpert", "phantom-fundus": "airogs", "phantom-histo": "crcdx",
@@ -127,6 +119,11 @@ def parse_args(argv):
     ae.add_argument("--paper-autoencoder", action="store_true",
                     help="the paper's autoencoder instead of the preset: 64,128,256,512 channels (8x compression), "
                          "the paper data set's latent channels, Adam 1e-4, VGG16 term (slow on a CPU)")
+    # phantom-cxr with --unet-res-blocks 2 --lr-decay 0.4 raises precision and recall but runs past the 25-minute
+    # budget, so it is an option. Measured 2026-12-02 on fresh clones (300 samples against 500 test images):
+    # 3300 steps FID 35.1, precision 0.42, recall 0.39 in 27 min 10 s; 2700 steps FID 40.0, precision 0.36,
+    # recall 0.41 in 26 min 22 s (that day's machine ran ~20 % slower than on 2026-12-01, when the default took
+    # 20 min 06 s: FID 39.9, precision 0.31, recall 0.30).
     diff = p.add_argument_group("diffusion (defaults: the data set's preset of train.diffusion)")
     diff.add_argument("--unet-res-blocks", type=int, help="UNet residual blocks per level (the paper: 2; phantoms: 1)")
     diff.add_argument("--lr-decay", type=float,
@@ -138,10 +135,6 @@ def parse_args(argv):
                        help=f"default {default} ({tiny} with --tiny)")
     args = p.parse_args(argv)
     info = get_info(args.dataset)
-    if not args.tiny:
-        for name, value in DATASET_DEFAULTS.get(args.dataset, {}).items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
     args.lr_decay = args.lr_decay or 0.0
     if not 0.0 <= args.lr_decay <= 1.0:
         p.error(f"--lr-decay must be a fraction in [0, 1], got {args.lr_decay}")
@@ -341,8 +334,9 @@ def _main(args) -> int:
 
     # 2. Diffusion model, with checkpoints at the FID points.
     every = args.diffusion_steps // args.fid_points
+    total = every * args.fid_points
     diff_argv = train_flags + ["--autoencoder", str(ae_dir), "--run-dir", str(diff_dir), "--cache-latents",
-                               "--steps", str(every * args.fid_points), "--seed", str(args.seed),
+                               "--steps", str(total), "--seed", str(args.seed),
                                "--batch-size", str(args.diffusion_batch_size),
                                "--checkpoint-every", str(every), "--keep-checkpoints", str(args.fid_points),
                                "--image-every", str(every), "--log-every", "10",
@@ -351,7 +345,6 @@ def _main(args) -> int:
         diff_argv += ["--hid-chs", args.unet_hid_chs, "--time-emb-dim", "32", "--norm-groups", "8"]
     if args.unet_res_blocks:
         diff_argv += ["--num-res-blocks", str(args.unet_res_blocks)]
-    total = every * args.fid_points
     if args.lr_decay and round(args.lr_decay * total) >= 1:
         diff_argv += ["--lr-decay-start", str(total - round(args.lr_decay * total)), "--lr-decay-end", str(total)]
     stages.run("train the diffusion model", "train.diffusion", diff_argv)
