@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
-from medfusion_jax.config import AutoencoderConfig, GANConfig, VAEConfig
-from medfusion_jax.data import DATASETS
-from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
-from medfusion_jax.training.presets import preset
+from medfusion_jax.config import AutoencoderConfig
+from medfusion_jax.training.cli import add_common_flags, data_config, given, int_tuple, run_config, run_main
+from medfusion_jax.training.presets import autoencoder_config, levels
 from medfusion_jax.training.stages import run_autoencoder
 
 
@@ -34,12 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--hid-chs", type=int_tuple,
                        help="channels per level, e.g. 64,128,256,512 (every level after the first halves the size)")
     model.add_argument("--deep-supervision", type=int, help="deep-supervision heads (the paper: 1)")
-    model.add_argument("--norm-groups", type=int, default=8, help="GroupNorm groups (the paper: 8)")
+    model.add_argument("--norm-groups", type=int, help="GroupNorm groups (the paper: 8)")
     loss = parser.add_argument_group("loss and optimizer")
     loss.add_argument("--pixel-loss", choices=("l1", "mse"), help="pixel term (CheXpert preset: mse; VAEGAN: l1)")
     loss.add_argument("--perceptual-weight", type=float,
                       help="LPIPS-VGG weight (the paper: 1; 0 disables it; the phantom presets: 0)")
-    loss.add_argument("--kl-weight", type=float, default=1e-6)
+    loss.add_argument("--kl-weight", type=float, help="KL term weight (the paper: 1e-6)")
     loss.add_argument("--lr", type=float,
                       help="autoencoder learning rate (the paper: 1e-4, 1e-6 in the GAN stage; phantom presets: 1e-3)")
     loss.add_argument("--init-from", help="start from this trained autoencoder run or checkpoint")
@@ -47,39 +47,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     gan.add_argument("--gan", action="store_true", help="VAEGAN with GAN terms from the first batch")
     gan.add_argument("--gan-start-step", type=int,
                      help="VAEGAN whose GAN terms start once the step counter exceeds this (class default 50000)")
-    gan.add_argument("--disc-lr", type=float, default=1e-6, help="discriminators' learning rate")
-    gan.add_argument("--gan-weight", type=float, default=1.0)
+    gan.add_argument("--disc-lr", type=float, help="discriminators' learning rate (the paper: 1e-6)")
+    gan.add_argument("--gan-weight", type=float, help="GAN term weight (the paper: 1)")
     gan.add_argument("--fix-gan-step-counter", action="store_true",
                      help="count batches for --gan-start-step (the reference counts twice per batch)")
     return parser.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> AutoencoderConfig:
-    values = preset("autoencoder", args.dataset)
+    """The data set's preset configuration (:func:`~medfusion_jax.training.presets.autoencoder_config`) with
+    the given flags."""
     gan_mode = args.gan or args.gan_start_step is not None
     if args.fix_gan_step_counter and not gan_mode:
         raise ValueError("--fix-gan-step-counter needs --gan or --gan-start-step")
-    gan = None
-    if gan_mode:
-        gan = GANConfig(start_step=args.gan_start_step if args.gan_start_step is not None else -1,
-                        disc_lr=args.disc_lr, gan_weight=args.gan_weight, fix_step_counter=args.fix_gan_step_counter,
-                        disc_hid_chs=pick(args, values, "hid_chs"), disc_norm_groups=args.norm_groups)
-    hid_chs = pick(args, values, "hid_chs")
-    info = DATASETS[args.dataset]  # images or volumes, and their channels
-    return AutoencoderConfig(
-        data=data_config(args, values, pick(args, values, "image_size")),
-        run=run_config(args, values, "vaegan" if gan_mode else "autoencoder"),
-        model=VAEConfig(emb_channels=pick(args, values, "emb_channels"), hid_chs=hid_chs, **levels(hid_chs),
-                        deep_supervision=pick(args, values, "deep_supervision"), norm_groups=args.norm_groups,
-                        in_channels=info.channels, out_channels=info.channels, spatial_dims=info.spatial_dims),
-        # VAEGAN's reconstruction term is L1 whatever the data set (spec 5.1).
-        pixel_loss=args.pixel_loss or ("l1" if gan_mode else values["pixel_loss"]),
-        perceptual_weight=pick(args, values, "perceptual_weight", 1.0),
-        kl_weight=args.kl_weight,
-        lr=args.lr if args.lr is not None else (1e-6 if gan_mode else values.get("lr", 1e-4)),
-        gan=gan,
-        init_from=args.init_from,
-    )
+    base = autoencoder_config(args.dataset, gan=gan_mode)
+    hid_chs = args.hid_chs or base.model.hid_chs
+    model = replace(base.model, hid_chs=hid_chs, **levels(hid_chs), **given(
+        emb_channels=args.emb_channels, deep_supervision=args.deep_supervision, norm_groups=args.norm_groups))
+    gan = base.gan and replace(base.gan, disc_hid_chs=hid_chs, disc_norm_groups=model.norm_groups, **given(
+        start_step=args.gan_start_step, disc_lr=args.disc_lr, gan_weight=args.gan_weight,
+        fix_step_counter=args.fix_gan_step_counter or None))
+    return replace(base, data=data_config(args, base.data), run=run_config(args, base.run), model=model, gan=gan,
+                   **given(pixel_loss=args.pixel_loss, perceptual_weight=args.perceptual_weight,
+                           kl_weight=args.kl_weight, lr=args.lr, init_from=args.init_from))
 
 
 def main(argv=None) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from medfusion_jax.config import DiffusionConfig, UNetConfig
-from medfusion_jax.data import DATASETS
-from medfusion_jax.training.cli import add_common_flags, data_config, int_tuple, levels, pick, run_config, run_main
-from medfusion_jax.training.presets import preset
+from medfusion_jax.config import DiffusionConfig
+from medfusion_jax.training.cli import add_common_flags, data_config, given, int_tuple, run_config, run_main
+from medfusion_jax.training.presets import diffusion_config, levels
 from medfusion_jax.training.stages import autoencoder_config, run_diffusion
 
 
@@ -33,53 +33,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--hid-chs", type=int_tuple,
                        help="channels per level (the paper: 256,256,512,1024); levels after the second halve the size")
     model.add_argument("--time-emb-dim", type=int, help="time/label embedding width (the paper: 1024)")
-    model.add_argument("--norm-groups", type=int, default=32, help="GroupNorm groups (the paper: 32)")
+    model.add_argument("--norm-groups", type=int, help="GroupNorm groups (the paper: 32)")
     model.add_argument("--num-res-blocks", type=int, help="residual blocks per level (the paper: 2)")
     train = parser.add_argument_group("training")
     train.add_argument("--lr", type=float, help="AdamW learning rate (the paper: 1e-4; preset per data set)")
     train.add_argument("--lr-decay-start", type=int,
                        help="step from which the learning rate decays linearly (the paper: constant)")
     train.add_argument("--lr-decay-end", type=int, help="step at which the decayed learning rate reaches 0")
-    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (torch's default)")
-    train.add_argument("--cfg-dropout", type=float, default=0.5, help="probability of dropping the label")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (the paper: 0.01, torch's default)")
+    train.add_argument("--cfg-dropout", type=float, help="probability of dropping the label (the paper: 0.5)")
     train.add_argument("--per-sample-cfg-dropout", action="store_true",
                        help="drop labels per sample (the reference decides once per batch)")
     train.add_argument("--cache-latents", action="store_true",
                        help="encode the data once (posterior mean and log-variance) and train from the cache")
     train.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                        help="keep an EMA of the weights, used for sampling (the paper: no; phantom presets: yes)")
-    train.add_argument("--ema-max-decay", type=float, default=0.9999)
+    train.add_argument("--ema-max-decay", type=float, help="the EMA's largest decay (the reference's EMAModel: 0.9999)")
     preview = parser.add_argument_group("sample grids")
     preview.add_argument("--sample-steps", type=int, help="DDIM steps of the sample grids (the reference: 150)")
-    preview.add_argument("--guidance-scale", type=float, default=1.0)
-    preview.add_argument("--samples-per-class", type=int, default=4)
+    preview.add_argument("--guidance-scale", type=float, help="guidance of the sample grids (default 1: none)")
+    preview.add_argument("--samples-per-class", type=int, help="images per class in the sample grids (default 4)")
     return parser.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> DiffusionConfig:
-    values = preset("diffusion", args.dataset)
+    """The data set's preset configuration (:func:`~medfusion_jax.training.presets.diffusion_config`) on the
+    given autoencoder, at its image size unless --image-size, with the given flags."""
     image_size = args.image_size or autoencoder_config(args.autoencoder).data.image_size
-    hid_chs = pick(args, values, "hid_chs")
-    return DiffusionConfig(
-        data=data_config(args, values, image_size),
-        run=run_config(args, values, "diffusion"),
-        autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
-        model=UNetConfig(hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=pick(args, values, "time_emb_dim"),
-                         norm_groups=args.norm_groups, num_res_blocks=pick(args, values, "num_res_blocks", 2),
-                         spatial_dims=DATASETS[args.dataset].spatial_dims),
-        lr=pick(args, values, "lr", 1e-4),
-        lr_decay_start=args.lr_decay_start,
-        lr_decay_end=args.lr_decay_end,
-        weight_decay=args.weight_decay,
-        cfg_dropout=args.cfg_dropout,
-        per_sample_cfg_dropout=args.per_sample_cfg_dropout,
-        cache_latents=args.cache_latents,
-        ema=pick(args, values, "ema", False),
-        ema_max_decay=args.ema_max_decay,
-        sample_steps=pick(args, values, "sample_steps", 150),
-        guidance_scale=args.guidance_scale,
-        samples_per_class=args.samples_per_class,
-    )
+    base = diffusion_config(args.dataset, autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
+                            image_size=image_size)
+    hid_chs = args.hid_chs or base.model.hid_chs
+    model = replace(base.model, hid_chs=hid_chs, **levels(hid_chs), **given(
+        time_emb_dim=args.time_emb_dim, norm_groups=args.norm_groups, num_res_blocks=args.num_res_blocks))
+    return replace(base, data=data_config(args, base.data), run=run_config(args, base.run), model=model,
+                   **given(lr=args.lr, lr_decay_start=args.lr_decay_start, lr_decay_end=args.lr_decay_end,
+                           weight_decay=args.weight_decay, cfg_dropout=args.cfg_dropout,
+                           per_sample_cfg_dropout=args.per_sample_cfg_dropout or None,
+                           cache_latents=args.cache_latents or None, ema=args.ema, ema_max_decay=args.ema_max_decay,
+                           sample_steps=args.sample_steps, guidance_scale=args.guidance_scale,
+                           samples_per_class=args.samples_per_class))
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ it with status 1; Ctrl-C (after saving a checkpoint) with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +32,6 @@ def int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
-def levels(hid_chs: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Kernel sizes and strides for ``len(hid_chs)`` levels as every Medfusion network has them: 3x3
-    kernels, stride 1 at the first level and 2 after it."""
-    return dict(kernel_sizes=(3,) * len(hid_chs), strides=(1,) + (2,) * (len(hid_chs) - 1))
-
-
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=sorted(DATASETS),
@@ -46,7 +41,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--flips",
                       help="random flips: '', 'h', 'v' or 'hv', volumes also 'd' (preset per data set and stage)")
     data.add_argument("--num-examples", type=int, help="phantom-* only: images in the training split")
-    data.add_argument("--workers", type=int, default=0, help="decoding processes (0: threads of this process)")
+    data.add_argument("--workers", type=int, help="decoding processes (default 0: threads of this process)")
     data.add_argument("--volume-fit", choices=("resize", "crop-or-pad"),
                       help="volume-folder: volume to cube by resizing (default) or by cropping/padding at the centre")
     data.add_argument("--volume-spacing", type=_spacing, metavar="D,H,W",
@@ -56,11 +51,11 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", help="where checkpoints, logs and images go (default runs/<stage>-<dataset>)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, help=f"random seed (default {RunConfig.seed})")
     run.add_argument("--batch-size", type=int, help="images per step over all devices")
     run.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     run.add_argument("--epochs", type=int, help="passes over the data (the reference: at most 1001)")
-    run.add_argument("--dtype", choices=DTYPES, default="float32",
+    run.add_argument("--dtype", choices=DTYPES,
                      help="compute dtype; bfloat16 for GPU/TPU (parameters stay float32)")
     run.add_argument("--fsdp", action="store_true",
                      help="shard parameters and optimizer state over the devices instead of replicating them")
@@ -68,9 +63,10 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                      help="recompute each residual block's activations in the backward pass instead of keeping "
                           "them (less memory for large volumes, ~1/3 more compute; same values)")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    run.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the last K)")
+    run.add_argument("--keep-checkpoints", type=int,
+                     help=f"checkpoints kept (the last K; default {RunConfig.keep_checkpoints})")
     run.add_argument("--sync-checkpoints", action="store_true", help="write checkpoints before continuing")
-    run.add_argument("--log-every", type=int, default=10, help="steps between metric records")
+    run.add_argument("--log-every", type=int, help=f"steps between metric records (default {RunConfig.log_every})")
     run.add_argument("--image-every", type=int, help="steps between PNG grids (0: none)")
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_const", const=True,
@@ -82,26 +78,17 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_multihost_flags(parser)
 
 
-def pick(args: argparse.Namespace, preset: dict[str, Any], name: str, default: Any = None) -> Any:
-    """The flag ``name`` if given, else the preset's value, else ``default``."""
-    value = getattr(args, name, None)
-    if value is not None:
-        return value
-    return preset.get(name, default)
+def given(**values: Any) -> dict[str, Any]:
+    """The flags that were given (not None): what changes the preset's configuration."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
-def data_config(args: argparse.Namespace, preset: dict[str, Any], image_size: int) -> DataConfig:
-    return DataConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        image_size=image_size,
-        flips=pick(args, preset, "flips", ""),
-        num_examples=args.num_examples,
-        worker_count=args.workers,
-        volume_fit=args.volume_fit,
-        volume_spacing=args.volume_spacing,
-        volume_intensity=args.volume_intensity,
-    )
+def data_config(args: argparse.Namespace, base: DataConfig) -> DataConfig:
+    """The preset's data settings with the given data flags."""
+    return dataclasses.replace(base, **given(
+        data_dir=args.data_dir, image_size=args.image_size, flips=args.flips, num_examples=args.num_examples,
+        worker_count=args.workers, volume_fit=args.volume_fit, volume_spacing=args.volume_spacing,
+        volume_intensity=args.volume_intensity))
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
@@ -114,24 +101,19 @@ def _spacing(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def run_config(args: argparse.Namespace, preset: dict[str, Any], stage: str) -> RunConfig:
-    steps = args.steps if args.steps is not None else (None if args.epochs is not None else preset.get("steps"))
-    epochs = None if steps is not None else pick(args, preset, "epochs")
-    return RunConfig(
-        run_dir=args.run_dir or f"runs/{stage}-{args.dataset}",
-        seed=args.seed,
-        batch_size=pick(args, preset, "batch_size"),
-        steps=steps,
-        epochs=epochs,
-        dtype=args.dtype,
-        fsdp=args.fsdp,
-        remat=args.remat,
-        checkpoint_every=pick(args, preset, "checkpoint_every", 1000),
-        keep_checkpoints=args.keep_checkpoints,
-        async_checkpoints=not args.sync_checkpoints,
-        log_every=args.log_every,
-        image_every=pick(args, preset, "image_every", 1000),
-    )
+def run_config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
+    """The preset's run settings with the given run flags (``--steps`` wins over ``--epochs``, and either
+    replaces the preset's length)."""
+    length = {}
+    if args.steps is not None:
+        length = dict(steps=args.steps, epochs=None)
+    elif args.epochs is not None:
+        length = dict(steps=None, epochs=args.epochs)
+    return dataclasses.replace(base, **length, **given(
+        run_dir=args.run_dir, seed=args.seed, batch_size=args.batch_size, dtype=args.dtype,
+        fsdp=args.fsdp or None, remat=args.remat or None, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, async_checkpoints=False if args.sync_checkpoints else None,
+        log_every=args.log_every, image_every=args.image_every))
 
 
 def run_main(args: argparse.Namespace, make_config: Callable[[argparse.Namespace], Any],

@@ -1,7 +1,9 @@
 """Per-dataset presets: ``--dataset airogs`` alone reproduces the paper's setting (spec sections 9 and 10).
 
 Presets are plain data: for each data set, the values that differ from the dataclass defaults of
-:mod:`medfusion_jax.config`. Every value can be overridden by a flag of the command lines.
+:mod:`medfusion_jax.config`. :func:`autoencoder_config` and :func:`diffusion_config` make them complete
+configurations, the one source of every default: the command lines change those with their given flags
+(``dataclasses.replace``), and ``eval.demo`` with its own settings.
 
 Paper datasets (the reference's ``train_latent_embedder_2d.py`` / ``train_diffusion.py``):
 
@@ -40,7 +42,19 @@ Every paper value stays reachable by the flags (``--hid-chs``, ``--emb-channels`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+from medfusion_jax.config import (
+    AutoencoderConfig,
+    DataConfig,
+    DiffusionConfig,
+    GANConfig,
+    RunConfig,
+    UNetConfig,
+    VAEConfig,
+)
+from medfusion_jax.data import DATASETS
 
 PAPER_EPOCHS = 1001
 
@@ -102,3 +116,54 @@ def preset(stage: str, dataset: str) -> dict[str, Any]:
         return dict(table[dataset])
     except KeyError:
         raise ValueError(f"--dataset {dataset!r} has no preset; choose one of {', '.join(table)}") from None
+
+
+def levels(hid_chs: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Kernel sizes and strides for ``len(hid_chs)`` levels as every Medfusion network has them: 3x3
+    kernels, stride 1 at the first level and 2 after it."""
+    return dict(kernel_sizes=(3,) * len(hid_chs), strides=(1,) + (2,) * (len(hid_chs) - 1))
+
+
+def _run(values: dict[str, Any], run_dir: str) -> RunConfig:
+    steps = values.get("steps")
+    return RunConfig(run_dir=run_dir, batch_size=values["batch_size"], steps=steps,
+                     epochs=None if steps is not None else values.get("epochs"),
+                     checkpoint_every=values.get("checkpoint_every", RunConfig.checkpoint_every),
+                     image_every=values.get("image_every", RunConfig.image_every))
+
+
+def autoencoder_config(dataset: str, *, gan: bool = False, run_dir: str | None = None) -> AutoencoderConfig:
+    """The complete autoencoder configuration of ``dataset``'s preset (``gan``: its VAEGAN stage, spec 5:
+    L1 reconstruction term and Adam 1e-6 whatever the data set, GAN terms from the first batch)."""
+    values = preset("autoencoder", dataset)
+    info = DATASETS[dataset]  # images or volumes, and their channels
+    hid_chs = tuple(values["hid_chs"])
+    return AutoencoderConfig(
+        data=DataConfig(dataset, image_size=values["image_size"], flips=values.get("flips", "")),
+        run=_run(values, run_dir or f"runs/{'vaegan' if gan else 'autoencoder'}-{dataset}"),
+        model=VAEConfig(emb_channels=values["emb_channels"], hid_chs=hid_chs, **levels(hid_chs),
+                        deep_supervision=values["deep_supervision"], in_channels=info.channels,
+                        out_channels=info.channels, spatial_dims=info.spatial_dims),
+        pixel_loss="l1" if gan else values["pixel_loss"],
+        perceptual_weight=values.get("perceptual_weight", AutoencoderConfig.perceptual_weight),
+        lr=1e-6 if gan else values.get("lr", AutoencoderConfig.lr),
+        gan=GANConfig(disc_hid_chs=hid_chs) if gan else None,
+    )
+
+
+def diffusion_config(dataset: str, *, autoencoder: str, image_size: int,
+                     run_dir: str | None = None) -> DiffusionConfig:
+    """The complete diffusion configuration of ``dataset``'s preset on the trained ``autoencoder`` (its
+    images are read at the autoencoder's ``image_size``)."""
+    values = preset("diffusion", dataset)
+    hid_chs = tuple(values["hid_chs"])
+    model = UNetConfig(hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=values["time_emb_dim"],
+                       spatial_dims=DATASETS[dataset].spatial_dims)
+    optional = {k: values[k] for k in ("num_res_blocks",) if k in values}
+    return DiffusionConfig(
+        data=DataConfig(dataset, image_size=image_size, flips=values.get("flips", "")),
+        run=_run(values, run_dir or f"runs/diffusion-{dataset}"),
+        autoencoder=autoencoder,
+        model=dataclasses.replace(model, **optional),
+        **{k: values[k] for k in ("lr", "ema", "sample_steps") if k in values},
+    )
