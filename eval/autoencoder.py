@@ -27,24 +27,11 @@ left out with a note; the picture shows each volume by its three orthogonal mid-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-from tqdm import tqdm
-
 from medfusion_jax import command
-from medfusion_jax.command import CommandError
-from medfusion_jax.convert.autoencoder import load_autoencoder
-from medfusion_jax.data import get_info
-from medfusion_jax.evaluation.dataset_images import DatasetImages
-from medfusion_jax.evaluation.reconstruction import (
-    evaluate_reconstruction,
-    vae_reconstructor,
-)
-
-SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+from medfusion_jax.workflows.autoencoder_quality import evaluate_autoencoder
 
 
 def parse_args(argv):
@@ -85,53 +72,13 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    vae, ckpt = load_autoencoder(args.checkpoint)
-
-    run_dataset = ckpt.get("dataset")
-    dataset = args.dataset or run_dataset
-    if dataset is None:
-        raise CommandError(f"--dataset is needed for {args.checkpoint} (an original checkpoint names no data set)")
-    same_data = dataset == run_dataset
-    data_dir = args.data_dir if args.data_dir is not None else (ckpt.get("data_dir") if same_data else None)
-    image_size = args.image_size or (ckpt.get("image_size") if same_data else None)
-    info = get_info(dataset)
-    if info.spatial_dims != vae.spatial_dims:
-        kinds = {2: "images", 3: "volumes"}
-        raise CommandError(f"{args.checkpoint} is an autoencoder of {kinds[vae.spatial_dims]}, but {dataset} holds "
-                           f"{kinds[info.spatial_dims]}")
-    split = SPLIT_ALIASES.get(args.split, args.split) if args.split else (
-        "validation" if "validation" in info.splits else "train")
-    # The autoencoder's input channels (3 for the reference's RGB images; a volume data set's own, 1 for
-    # phantom-brain): the data set repeats a grayscale channel to match.
-    images = DatasetImages(dataset, data_dir=data_dir, split=split, image_size=image_size,
-                           channels=vae.in_channels, num_examples=args.num_examples,
-                           limit=args.num_examples)
-    size = images.source.image_size
-    if size % vae.downsampling:
-        raise ValueError(f"--image-size {size} is not divisible by the autoencoder's downsampling "
-                         f"{vae.downsampling}")
-    out = args.out or Path("runs") / f"eval-autoencoder-{dataset}"
-    unit = "volume" if vae.spatial_dims == 3 else "img"
-    with tqdm(total=len(images), desc="reconstructing", unit=unit, disable=args.no_progress) as bar:
-        result = evaluate_reconstruction(iter(images), vae_reconstructor(vae), batch_size=args.batch_size,
-                                         seed=args.seed, with_lpips=not args.no_lpips, on_batch=bar.update)
-
-    summary = result.summary()
-    if images.skipped:
-        summary["notes"].append(images.skipped_note())
-    out.mkdir(parents=True, exist_ok=True)
-    per_image = {k: (None if v is None else [float(x) for x in v])
-                 for k, v in (("ms_ssim", result.ms_ssim), ("ssim", result.ssim), ("mse", result.mse),
-                              ("lpips", result.lpips))}
-    payload = dict(checkpoint=ckpt, dataset=dataset, data_dir=data_dir, split=split, image_size=size,
-                   channels=vae.in_channels, num_examples=args.num_examples, batch_size=args.batch_size,
-                   seed=args.seed, metrics=summary, per_image=per_image)
-    (out / "autoencoder_metrics.json").write_text(json.dumps(payload, indent=1) + "\n")
-    grid = result.comparison_grid()
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(out / "reconstructions.png")
-
+    quality = evaluate_autoencoder(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                                   image_size=args.image_size, num_examples=args.num_examples,
+                                   batch_size=args.batch_size, seed=args.seed, with_lpips=not args.no_lpips,
+                                   out=args.out, progress=not args.no_progress)
+    result, summary, out = quality.result, quality.payload["metrics"], quality.out
     kind = "volumes" if result.volumes else "images"
-    print(f"{args.checkpoint} on {dataset}:{split}, {result.num_images} {kind} of "
+    print(f"{args.checkpoint} on {quality.dataset}:{quality.split}, {result.num_images} {kind} of "
           f"{'x'.join(str(s) for s in result.image_shape[:-1])}")
     print(format_table(summary))
     for note in summary["notes"]:

@@ -32,7 +32,8 @@ LAYERS = [
     (7, "run_folder", ["medfusion_jax.run_folder"]),
     (8, "training", ["medfusion_jax.training"]),
     (8, "convert", ["medfusion_jax.convert"]),
-    (9, "commands", ["train", "eval"]),
+    (9, "workflows", ["medfusion_jax.workflows"]),
+    (10, "commands", ["train", "eval"]),
 ]
 PACKAGES = ("medfusion_jax", "train", "eval")
 

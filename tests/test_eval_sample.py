@@ -25,10 +25,10 @@ def test_generate_images_same_key_same_images():
     import jax.numpy as jnp
     from flax import nnx
 
-    from eval.sample import RANDOM_INIT_UNET, RANDOM_INIT_VAE
     from medfusion_jax.diffusion.pipeline import generate_images
     from medfusion_jax.diffusion.schedule import make_schedule
     from medfusion_jax.models import VAE, UNet
+    from medfusion_jax.workflows.sampling import RANDOM_INIT_UNET, RANDOM_INIT_VAE
 
     vae, unet = VAE(**RANDOM_INIT_VAE, rngs=nnx.Rngs(0)), UNet(**RANDOM_INIT_UNET, rngs=nnx.Rngs(1))
     # Untrained output layers are zero (reference init); give them weights so images depend on the noise.
