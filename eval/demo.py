@@ -11,8 +11,9 @@ network's weights ship in a package), pooled over the planes and per plane; volu
 NIfTI; the reconstruction metrics are 3-D (SSIM, MSE; MS-SSIM where the volume is large enough); the
 memorisation audit compares whole volumes; the report shows orthogonal mid-slices.
 
-Stages (the training and sampling stages are the project's command lines, printed before they run, so
-any of them can be rerun by hand):
+Stages (each calls the library function behind the project's command of that name, with the
+configuration that command would build: ``train.autoencoder``'s ``run_autoencoder`` on the preset's
+configuration, ``eval.sample``'s ``sample_checkpoint``, and so on; no command runs another):
 
 1. ``train.autoencoder`` with the data set's preset (for the phantoms: 4x compression to a 16x16
    latent with as many latent values as image values, no VGG term, Adam 1e-3; see the report's
@@ -40,16 +41,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from medfusion_jax import command
-from medfusion_jax.command import CommandError
+from medfusion_jax.command import EXIT_FAILED, EXIT_INTERRUPTED, CommandError
+from medfusion_jax.config import AutoencoderConfig, DiffusionConfig
 from medfusion_jax.data import DATASETS, get_info, make_dataset, normalize
 from medfusion_jax.evaluation.feature_sets import (
     FeatureSet,
@@ -59,6 +61,7 @@ from medfusion_jax.evaluation.feature_sets import (
 )
 from medfusion_jax.evaluation.image_scores import ImageScores, score_per_class
 from medfusion_jax.evaluation.measurements import ClassMeasurement, compare_classes, measure
+from medfusion_jax.evaluation.memorization import audit_folders
 from medfusion_jax.images import (
     NIFTI_SUFFIX,
     PLANES,
@@ -68,6 +71,12 @@ from medfusion_jax.images import (
     write_json_atomic,
     write_nifti_atomic,
 )
+from medfusion_jax.training.cli import int_tuple
+from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
+from medfusion_jax.training.presets import autoencoder_config, diffusion_config, levels
+from medfusion_jax.training.stages import run_autoencoder, run_diffusion
+from medfusion_jax.workflows.autoencoder_quality import evaluate_autoencoder
+from medfusion_jax.workflows.sampling import SampleRequest, sample_checkpoint
 
 # (defaults, --tiny) of every size knob.
 SIZES = {
@@ -165,21 +174,23 @@ class Stages:
         self.timings: dict[str, float] = read_json(timings_json) if timings_json.is_file() else {}
         self.start = time.time()
 
-    def run(self, name: str, module: str, argv: list[str]) -> None:
-        """One of the project's command lines, in this process."""
-        cmdline = "python -m " + module + " " + " ".join(shlex.quote(a) for a in argv)
-        with self.timed(name, cmdline):
-            code = importlib.import_module(module).main(argv)
-        if code:
-            raise CommandError(f"demo stopped: stage '{name}' failed with exit status {code}. Fix the cause and "
-                               f"run the demo again (finished stages are kept); the command was:\n$ {cmdline}",
-                               exit_code=code)
+    def train(self, name: str, run: Callable[..., TrainResult], config) -> None:
+        """A training stage (``run_autoencoder`` or ``run_diffusion``): resumed from its last checkpoint when
+        the demo runs again."""
+        with self.timed(name):
+            try:
+                result = run(config)
+            except NonFiniteLossError as err:
+                raise CommandError(f"demo stopped: stage '{name}': {err}", exit_code=EXIT_FAILED) from None
+        if result.interrupted:
+            raise CommandError(f"demo interrupted in stage '{name}' at step {result.final_step} (checkpoint saved in "
+                               f"{result.run_dir / 'checkpoints'}); run the same command again to continue",
+                               exit_code=EXIT_INTERRUPTED)
 
     @contextlib.contextmanager
-    def timed(self, name: str, command: str | None = None):
+    def timed(self, name: str):
         self.index += 1
-        print(f"\n[{self.index}] {name}  (elapsed {self.elapsed()})" + (f"\n$ {command}" if command else ""),
-              flush=True)
+        print(f"\n[{self.index}] {name}  (elapsed {self.elapsed()})", flush=True)
         began = time.time()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.time() - began
@@ -319,35 +330,13 @@ def _main(args) -> int:
     write_json_atomic(out / "demo_args.json", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     ae_dir, diff_dir, scores = out / "autoencoder", out / "diffusion", out / "scores"
     features = Features(scores / "features")
-    data_flags = ["--dataset", args.dataset, "--image-size", str(args.image_size)]
-    if args.data_dir:
-        data_flags += ["--data-dir", args.data_dir]
-    train_flags = data_flags + (["--num-examples", str(args.train_examples)] if info.builtin else [])
     stages = Stages(out / "timings.json")
 
     # 1. Autoencoder.
-    ae_argv = train_flags + ["--run-dir", str(ae_dir), "--steps", str(args.ae_steps), "--seed", str(args.seed),
-                             "--checkpoint-every", str(max(1, args.ae_steps // 4)),
-                             "--image-every", str(max(1, args.ae_steps // 4)), "--log-every", "10"]
-    ae_argv += autoencoder_flags(args)
-    stages.run("train the autoencoder", "train.autoencoder", ae_argv)
+    stages.train("train the autoencoder", run_autoencoder, demo_autoencoder_config(args, ae_dir))
 
     # 2. Diffusion model, with checkpoints at the FID points.
-    every = args.diffusion_steps // args.fid_points
-    total = every * args.fid_points
-    diff_argv = train_flags + ["--autoencoder", str(ae_dir), "--run-dir", str(diff_dir), "--cache-latents",
-                               "--steps", str(total), "--seed", str(args.seed),
-                               "--batch-size", str(args.diffusion_batch_size),
-                               "--checkpoint-every", str(every), "--keep-checkpoints", str(args.fid_points),
-                               "--image-every", str(every), "--log-every", "10",
-                               "--sample-steps", str(args.sample_steps)]
-    if args.unet_hid_chs:
-        diff_argv += ["--hid-chs", args.unet_hid_chs, "--time-emb-dim", "32", "--norm-groups", "8"]
-    if args.unet_res_blocks:
-        diff_argv += ["--num-res-blocks", str(args.unet_res_blocks)]
-    if args.lr_decay and round(args.lr_decay * total) >= 1:
-        diff_argv += ["--lr-decay-start", str(total - round(args.lr_decay * total)), "--lr-decay-end", str(total)]
-    stages.run("train the diffusion model", "train.diffusion", diff_argv)
+    stages.train("train the diffusion model", run_diffusion, demo_diffusion_config(args, ae_dir, diff_dir))
 
     # 3. The real test set and the two references, at the generated set's size.
     num_generated = args.num_per_class * len(info.class_names)
@@ -381,10 +370,11 @@ def _main(args) -> int:
         samples = out / "samples" / f"step_{step:06d}"
         step_json = scores / f"step_{step:06d}.json"
         if not step_json.is_file():
-            stages.run(f"sample step {step}", "eval.sample",
-                       ["--checkpoint", str(diff_dir / "checkpoints" / str(step)), "--out", str(samples),
-                        "--num-per-class", str(args.num_per_class), "--steps", str(args.sample_steps),
-                        "--seed", str(args.seed), "--batch-size", "100", "--guidance", str(args.guidance)])
+            with stages.timed(f"sample step {step}"):
+                summary = sample_checkpoint(SampleRequest(
+                    out=samples, checkpoint=diff_dir / "checkpoints" / str(step), num_per_class=args.num_per_class,
+                    steps=args.sample_steps, seed=args.seed, batch_size=100, guidance=args.guidance))
+                print(f"wrote {summary['written']} images to {samples}")
             with stages.timed(f"score step {step}"):
                 fake = features.of_folder(f"generated_step_{step:06d}", samples)
                 score_set(step_json, real, fake, args.seed, provenance)
@@ -418,16 +408,22 @@ def _main(args) -> int:
 
     # 6. Autoencoder reconstruction quality and memorisation.
     if not (scores / "autoencoder" / "autoencoder_metrics.json").is_file():
-        stages.run("autoencoder reconstruction quality", "eval.autoencoder",
-                   data_flags + ["--checkpoint", str(ae_dir), "--split", "test", "--out", str(scores / "autoencoder"),
-                                 "--seed", str(args.seed)]
-                   + (["--num-examples", str(args.ae_eval_examples)] if info.builtin else []))
+        with stages.timed("autoencoder reconstruction quality"):
+            quality = evaluate_autoencoder(str(ae_dir), dataset=args.dataset, data_dir=args.data_dir, split="test",
+                                           image_size=args.image_size, out=scores / "autoencoder", seed=args.seed,
+                                           num_examples=args.ae_eval_examples if info.builtin else None)
+            print(f"reconstructions of {quality.result.num_images} test items: "
+                  + ", ".join(f"{k} {v['mean']:.4g}" for k, v in quality.payload["metrics"].items()
+                              if isinstance(v, dict) and "mean" in v))
     if not (scores / "memorization" / "report.json").is_file():
         train_images, train_labels, _ = dataset_images(args, "train", args.train_examples)
         train_folder = export_images(train_images, train_labels, class_names, out / "data" / "train")
-        stages.run("memorisation audit", "eval.memorization",
-                   ["--train", str(train_folder), "--generated", str(final_samples), "--out",
-                    str(scores / "memorization"), "--train-features", str(scores / "train_features.npz")])
+        with stages.timed("memorisation audit"):
+            audit = audit_folders(train_folder, final_samples, extractor=features.extractor(), k=5,
+                                  train_features_cache=scores / "train_features.npz")
+            summary = audit.write(scores / "memorization", ssim_threshold=0.9, cosine_threshold=None, top=16)
+            print(f"{summary['n_near_copies']} of {summary['n_generated']} generated items have a training item "
+                  "with SSIM >= 0.9")
 
     # 7. Report.
     with stages.timed("report"):
@@ -439,24 +435,59 @@ def _main(args) -> int:
     return 0
 
 
-def autoencoder_flags(args) -> list[str]:
-    """The demo's autoencoder flags on top of the data set's preset."""
-    flags: list[str] = []
+def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
+    """The data set's autoencoder preset with the demo's sizes and its autoencoder options."""
+    info = get_info(args.dataset)
+    base = autoencoder_config(args.dataset, run_dir=str(run_dir))
+    model, changes = base.model, {}
     if args.paper_autoencoder:
-        from medfusion_jax.training.presets import preset
-
-        paper = preset("autoencoder", PAPER_COUNTERPART.get(args.dataset, args.dataset))
-        flags += ["--hid-chs", ",".join(map(str, paper["hid_chs"])), "--emb-channels", str(paper["emb_channels"]),
-                  "--lr", "1e-4", "--perceptual-weight", "1"]
+        paper = autoencoder_config(PAPER_COUNTERPART.get(args.dataset, args.dataset)).model
+        model = replace(model, hid_chs=paper.hid_chs, **levels(paper.hid_chs), emb_channels=paper.emb_channels)
+        changes.update(lr=1e-4, perceptual_weight=1.0)
     if args.ae_perceptual:
-        flags += ["--perceptual-weight", "1"]
+        changes["perceptual_weight"] = 1.0
     if args.ae_emb_channels:
-        flags += ["--emb-channels", str(args.ae_emb_channels)]
+        model = replace(model, emb_channels=args.ae_emb_channels)
     if args.ae_lr:
-        flags += ["--lr", str(args.ae_lr)]
+        changes["lr"] = args.ae_lr
     if args.ae_hid_chs:
-        flags += ["--hid-chs", args.ae_hid_chs]
-    return flags
+        hid_chs = int_tuple(args.ae_hid_chs)
+        model = replace(model, hid_chs=hid_chs, **levels(hid_chs))
+    every = max(1, args.ae_steps // 4)
+    return replace(base, data=replace(base.data, image_size=args.image_size, data_dir=args.data_dir or None,
+                                      num_examples=args.train_examples if info.builtin else None),
+                   run=replace(base.run, steps=args.ae_steps, epochs=None, seed=args.seed, checkpoint_every=every,
+                               image_every=every, log_every=10),
+                   model=model, **changes)
+
+
+def diffusion_steps(args) -> tuple[int, int]:
+    """(steps between the scored checkpoints, total steps): ``--fid-points`` evenly spaced checkpoints."""
+    every = args.diffusion_steps // args.fid_points
+    return every, every * args.fid_points
+
+
+def demo_diffusion_config(args, ae_dir: Path, run_dir: Path) -> DiffusionConfig:
+    """The data set's diffusion preset on the demo's autoencoder, with the demo's sizes and options:
+    cached latents, a kept checkpoint at each FID point."""
+    info = get_info(args.dataset)
+    every, total = diffusion_steps(args)
+    base = diffusion_config(args.dataset, autoencoder=str(Path(ae_dir).expanduser().absolute()),
+                            image_size=args.image_size, run_dir=str(run_dir))
+    model, changes = base.model, {}
+    if args.unet_hid_chs:
+        hid_chs = int_tuple(args.unet_hid_chs)
+        model = replace(model, hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=32, norm_groups=8)
+    if args.unet_res_blocks:
+        model = replace(model, num_res_blocks=args.unet_res_blocks)
+    if args.lr_decay and round(args.lr_decay * total) >= 1:
+        changes.update(lr_decay_start=total - round(args.lr_decay * total), lr_decay_end=total)
+    return replace(base, data=replace(base.data, data_dir=args.data_dir or None,
+                                      num_examples=args.train_examples if info.builtin else None),
+                   run=replace(base.run, steps=total, epochs=None, seed=args.seed,
+                               batch_size=args.diffusion_batch_size, checkpoint_every=every,
+                               keep_checkpoints=args.fid_points, image_every=every, log_every=10),
+                   model=model, cache_latents=True, sample_steps=args.sample_steps, **changes)
 
 
 if __name__ == "__main__":

@@ -111,3 +111,60 @@ def test_rerun_keeps_everything(tiny_demo):
     assert {p: p.stat().st_mtime_ns for p in (out / "samples").rglob("*.png")} == before
     assert {p: p.read_text() for p in (out / "scores").glob("*.json")} == scores_before
 
+
+
+def _command_lines(args, ae_dir, diff_dir):
+    """The command lines the demo ran before it called the library (kept here as the reference): the
+    demo's configurations must be what these give, so its results do not move."""
+    from medfusion_jax.data import get_info
+    from medfusion_jax.training.presets import preset
+
+    info = get_info(args.dataset)
+    data = ["--dataset", args.dataset, "--image-size", str(args.image_size)] + (
+        ["--data-dir", args.data_dir] if args.data_dir else [])
+    train = data + (["--num-examples", str(args.train_examples)] if info.builtin else [])
+    ae = train + ["--run-dir", str(ae_dir), "--steps", str(args.ae_steps), "--seed", str(args.seed),
+                  "--checkpoint-every", str(max(1, args.ae_steps // 4)),
+                  "--image-every", str(max(1, args.ae_steps // 4)), "--log-every", "10"]
+    if args.paper_autoencoder:
+        paper = preset("autoencoder", demo.PAPER_COUNTERPART.get(args.dataset, args.dataset))
+        ae += ["--hid-chs", ",".join(map(str, paper["hid_chs"])), "--emb-channels", str(paper["emb_channels"]),
+               "--lr", "1e-4", "--perceptual-weight", "1"]
+    if args.ae_perceptual:
+        ae += ["--perceptual-weight", "1"]
+    if args.ae_emb_channels:
+        ae += ["--emb-channels", str(args.ae_emb_channels)]
+    if args.ae_lr:
+        ae += ["--lr", str(args.ae_lr)]
+    if args.ae_hid_chs:
+        ae += ["--hid-chs", args.ae_hid_chs]
+    every = args.diffusion_steps // args.fid_points
+    total = every * args.fid_points
+    diff = train + ["--autoencoder", str(ae_dir), "--run-dir", str(diff_dir), "--cache-latents", "--steps", str(total),
+                    "--seed", str(args.seed), "--batch-size", str(args.diffusion_batch_size), "--checkpoint-every",
+                    str(every), "--keep-checkpoints", str(args.fid_points), "--image-every", str(every),
+                    "--log-every", "10", "--sample-steps", str(args.sample_steps)]
+    if args.unet_hid_chs:
+        diff += ["--hid-chs", args.unet_hid_chs, "--time-emb-dim", "32", "--norm-groups", "8"]
+    if args.unet_res_blocks:
+        diff += ["--num-res-blocks", str(args.unet_res_blocks)]
+    if args.lr_decay and round(args.lr_decay * total) >= 1:
+        diff += ["--lr-decay-start", str(total - round(args.lr_decay * total)), "--lr-decay-end", str(total)]
+    return ae, diff
+
+
+@pytest.mark.parametrize("argv", [[], ARGS, ["--dataset", "phantom-fundus", "--paper-autoencoder"],
+                                  ["--dataset", "phantom-brain", "--tiny"],
+                                  ["--ae-perceptual", "--ae-emb-channels", "8", "--ae-lr", "3e-4", "--ae-hid-chs",
+                                   "16,32,32", "--unet-res-blocks", "2", "--lr-decay", "0.4", "--seed", "3"]])
+def test_the_demo_trains_what_its_command_lines_would(argv, tmp_path):
+    """The demo builds its configurations from the presets (no command line in between); they equal what
+    `train.autoencoder` / `train.diffusion` make of the flags the demo used to pass them."""
+    from train import autoencoder as ae_cli
+    from train import diffusion as diff_cli
+
+    args = demo.parse_args(argv)
+    ae_dir, diff_dir = tmp_path / "autoencoder", tmp_path / "diffusion"
+    ae_argv, diff_argv = _command_lines(args, ae_dir, diff_dir)
+    assert demo.demo_autoencoder_config(args, ae_dir) == ae_cli.make_config(ae_cli.parse_args(ae_argv))
+    assert demo.demo_diffusion_config(args, ae_dir, diff_dir) == diff_cli.make_config(diff_cli.parse_args(diff_argv))
