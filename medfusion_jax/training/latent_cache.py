@@ -7,17 +7,19 @@ gives, but without running the encoder (for the paper's autoencoder at 256x256, 
 The images are encoded unflipped, so the cache cannot be combined with random flips.
 
 ``meta.json`` records what was encoded (autoencoder checkpoint, data set, size, count); a cache that
-does not match is rebuilt. :class:`LatentLoader` yields shuffled batches from the cache, a new
-permutation per epoch, with a checkpointable position.
+does not match is rebuilt. :func:`latent_dataset` is the cache as a Grain data set of shuffled batches (a
+new permutation per epoch); :class:`LatentLoader` is its checkpointable iterator, read ahead on threads.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 from flax import nnx
@@ -30,6 +32,8 @@ from medfusion_jax.images import write_json_atomic
 from medfusion_jax.mesh import global_batch
 
 FIELDS = ("mean", "logvar", "label")
+#: Length of the endless latent data set (batches; more than any run takes).
+_ENDLESS = 2**62
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -97,44 +101,71 @@ def load_or_build(directory: str | Path, fingerprint: dict[str, Any], build) -> 
     return {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in FIELDS}
 
 
-class LatentLoader:
-    """Shuffled batches ``{"mean", "logvar", "label"}`` of this process's rows, forever (drop-last epochs).
+class _GlobalBatch:
+    """Element j of the latent data set: this process's rows of global batch j.
 
-    Global batch g of epoch e = g // (N // B) takes rows [k B, (k + 1) B) of the permutation of epoch e
-    (numpy's default generator seeded with (seed, e)); process p takes its contiguous part of those rows.
-    State: ``{"batches": batches handed out}``.
-    """
+    Global batch j of epoch e = j // (N // B) takes rows [k B, (k + 1) B) of the permutation of epoch e
+    (numpy's default generator seeded with (seed, e)); process p takes its contiguous part of those rows
+    (drop-last epochs, so every epoch's batches are full)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int,
-                 shard_index: int, shard_count: int):
+    def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int, shard_index: int,
+                 shard_count: int):
         self.arrays = arrays
         self.count = len(arrays["label"])
-        if self.count < global_batch_size:
-            raise ValueError(f"the latent cache holds {self.count} images, fewer than one batch of {global_batch_size}")
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // shard_count
         self.shard_index = shard_index
         self.seed = seed
         self.batches_per_epoch = self.count // global_batch_size
-        self.batches = 0
-        self._epoch = -1
-        self._permutation = np.arange(0)
+        self._lock = threading.Lock()
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:  # Grain reads ahead on threads; the newest two epochs are kept
+            if epoch not in self._permutations:
+                self._permutations[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.count)
+                for old in sorted(self._permutations)[:-2]:
+                    del self._permutations[old]
+            return self._permutations[epoch]
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        epoch, within = divmod(int(j), self.batches_per_epoch)
+        start = within * self.global_batch_size + self.shard_index * self.local_batch_size
+        rows = np.sort(self._permutation(epoch)[start:start + self.local_batch_size])
+        return {name: np.asarray(self.arrays[name][rows]) for name in FIELDS}
+
+
+def latent_dataset(arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int, shard_index: int,
+                   shard_count: int) -> grain.MapDataset:
+    """The cache as an endless Grain data set of this process's batches (element j: global batch j)."""
+    count = len(arrays["label"])
+    if count < global_batch_size:
+        raise ValueError(f"the latent cache holds {count} images, fewer than one batch of {global_batch_size}")
+    return grain.MapDataset.range(_ENDLESS).map(_GlobalBatch(
+        arrays, global_batch_size=global_batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count))
+
+
+class LatentLoader:
+    """Shuffled batches ``{"mean", "logvar", "label"}`` of this process's rows, forever: the iterator of
+    :func:`latent_dataset`, read ahead by Grain on ``read_threads`` threads.
+
+    State: ``{"batches": batches handed out}`` (Grain's ``next_index``; the name run folders have held)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], *, global_batch_size: int, seed: int,
+                 shard_index: int, shard_count: int, read_threads: int = 2):
+        dataset = latent_dataset(arrays, global_batch_size=global_batch_size, seed=seed, shard_index=shard_index,
+                                 shard_count=shard_count)
+        self._iterator = iter(dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)))
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        epoch, within = divmod(self.batches, self.batches_per_epoch)
-        if epoch != self._epoch:
-            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.count)
-            self._epoch = epoch
-        start = within * self.global_batch_size + self.shard_index * self.local_batch_size
-        rows = np.sort(self._permutation[start:start + self.local_batch_size])
-        self.batches += 1
-        return {name: np.asarray(self.arrays[name][rows]) for name in FIELDS}
+        return next(self._iterator)
 
     def get_state(self) -> dict[str, Any]:
-        return {"batches": self.batches}
+        return {"batches": int(self._iterator.get_state()["next_index"])}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.batches = int(state["batches"])
+        self._iterator.set_state({"next_index": int(state["batches"])})
