@@ -73,7 +73,7 @@ from medfusion_jax.images import (
 )
 from medfusion_jax.training.cli import int_tuple
 from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
-from medfusion_jax.training.presets import autoencoder_config, diffusion_config, levels
+from medfusion_jax.training.presets import autoencoder_config, diffusion_config, with_channels
 from medfusion_jax.training.stages import run_autoencoder, run_diffusion
 from medfusion_jax.workflows.autoencoder_quality import evaluate_autoencoder
 from medfusion_jax.workflows.sampling import SampleRequest, sample_checkpoint
@@ -442,7 +442,7 @@ def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
     model, changes = base.model, {}
     if args.paper_autoencoder:
         paper = autoencoder_config(PAPER_COUNTERPART.get(args.dataset, args.dataset)).model
-        model = replace(model, hid_chs=paper.hid_chs, **levels(paper.hid_chs), emb_channels=paper.emb_channels)
+        model = with_channels(model, paper.hid_chs, emb_channels=paper.emb_channels)
         changes.update(lr=1e-4, perceptual_weight=1.0)
     if args.ae_perceptual:
         changes["perceptual_weight"] = 1.0
@@ -451,8 +451,7 @@ def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
     if args.ae_lr:
         changes["lr"] = args.ae_lr
     if args.ae_hid_chs:
-        hid_chs = int_tuple(args.ae_hid_chs)
-        model = replace(model, hid_chs=hid_chs, **levels(hid_chs))
+        model = with_channels(model, int_tuple(args.ae_hid_chs))
     every = max(1, args.ae_steps // 4)
     return replace(base, data=replace(base.data, image_size=args.image_size, data_dir=args.data_dir or None,
                                       num_examples=args.train_examples if info.builtin else None),
@@ -461,23 +460,17 @@ def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
                    model=model, **changes)
 
 
-def diffusion_steps(args) -> tuple[int, int]:
-    """(steps between the scored checkpoints, total steps): ``--fid-points`` evenly spaced checkpoints."""
-    every = args.diffusion_steps // args.fid_points
-    return every, every * args.fid_points
-
-
 def demo_diffusion_config(args, ae_dir: Path, run_dir: Path) -> DiffusionConfig:
     """The data set's diffusion preset on the demo's autoencoder, with the demo's sizes and options:
     cached latents, a kept checkpoint at each FID point."""
     info = get_info(args.dataset)
-    every, total = diffusion_steps(args)
+    every = args.diffusion_steps // args.fid_points  # --fid-points evenly spaced checkpoints
+    total = every * args.fid_points
     base = diffusion_config(args.dataset, autoencoder=str(Path(ae_dir).expanduser().absolute()),
                             image_size=args.image_size, run_dir=str(run_dir))
     model, changes = base.model, {}
     if args.unet_hid_chs:
-        hid_chs = int_tuple(args.unet_hid_chs)
-        model = replace(model, hid_chs=hid_chs, **levels(hid_chs), time_emb_dim=32, norm_groups=8)
+        model = with_channels(model, int_tuple(args.unet_hid_chs), time_emb_dim=32, norm_groups=8)
     if args.unet_res_blocks:
         model = replace(model, num_res_blocks=args.unet_res_blocks)
     if args.lr_decay and round(args.lr_decay * total) >= 1:

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from medfusion_jax.config import AutoencoderConfig
 from medfusion_jax.training.cli import add_common_flags, data_config, given, int_tuple, run_config, run_main
-from medfusion_jax.training.presets import autoencoder_config, levels
+from medfusion_jax.training.presets import autoencoder_config, with_channels
 from medfusion_jax.training.stages import run_autoencoder
 
 
@@ -61,10 +61,9 @@ def make_config(args: argparse.Namespace) -> AutoencoderConfig:
     if args.fix_gan_step_counter and not gan_mode:
         raise ValueError("--fix-gan-step-counter needs --gan or --gan-start-step")
     base = autoencoder_config(args.dataset, gan=gan_mode)
-    hid_chs = args.hid_chs or base.model.hid_chs
-    model = replace(base.model, hid_chs=hid_chs, **levels(hid_chs), **given(
+    model = with_channels(base.model, args.hid_chs or base.model.hid_chs, **given(
         emb_channels=args.emb_channels, deep_supervision=args.deep_supervision, norm_groups=args.norm_groups))
-    gan = base.gan and replace(base.gan, disc_hid_chs=hid_chs, disc_norm_groups=model.norm_groups, **given(
+    gan = base.gan and replace(base.gan, disc_hid_chs=model.hid_chs, disc_norm_groups=model.norm_groups, **given(
         start_step=args.gan_start_step, disc_lr=args.disc_lr, gan_weight=args.gan_weight,
         fix_step_counter=args.fix_gan_step_counter or None))
     return replace(base, data=data_config(args, base.data), run=run_config(args, base.run), model=model, gan=gan,

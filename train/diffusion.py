@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medfusion_jax.config import DiffusionConfig
 from medfusion_jax.training.cli import add_common_flags, data_config, given, int_tuple, run_config, run_main
-from medfusion_jax.training.presets import diffusion_config, levels
+from medfusion_jax.training.presets import diffusion_config, with_channels
 from medfusion_jax.training.stages import autoencoder_config, run_diffusion
 
 
@@ -62,8 +62,7 @@ def make_config(args: argparse.Namespace) -> DiffusionConfig:
     image_size = args.image_size or autoencoder_config(args.autoencoder).data.image_size
     base = diffusion_config(args.dataset, autoencoder=str(Path(args.autoencoder).expanduser().absolute()),
                             image_size=image_size)
-    hid_chs = args.hid_chs or base.model.hid_chs
-    model = replace(base.model, hid_chs=hid_chs, **levels(hid_chs), **given(
+    model = with_channels(base.model, args.hid_chs or base.model.hid_chs, **given(
         time_emb_dim=args.time_emb_dim, norm_groups=args.norm_groups, num_res_blocks=args.num_res_blocks))
     return replace(base, data=data_config(args, base.data), run=run_config(args, base.run), model=model,
                    **given(lr=args.lr, lr_decay_start=args.lr_decay_start, lr_decay_end=args.lr_decay_end,

@@ -124,6 +124,12 @@ def levels(hid_chs: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     return dict(kernel_sizes=(3,) * len(hid_chs), strides=(1,) + (2,) * (len(hid_chs) - 1))
 
 
+def with_channels(model, hid_chs: tuple[int, ...], **changes: Any):
+    """``model`` (a VAEConfig or UNetConfig) with ``hid_chs`` per level, its kernel sizes and strides following
+    them (:func:`levels`), and any other ``changes``."""
+    return dataclasses.replace(model, hid_chs=tuple(hid_chs), **levels(tuple(hid_chs)), **changes)
+
+
 def _run(values: dict[str, Any], run_dir: str) -> RunConfig:
     steps = values.get("steps")
     return RunConfig(run_dir=run_dir, batch_size=values["batch_size"], steps=steps,

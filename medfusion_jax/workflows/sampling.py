@@ -116,30 +116,29 @@ def sample_checkpoint(request: SampleRequest) -> dict:
     """Write the requested images into ``request.out`` (ImageFolder layout, ``grid.png``, ``samples.json``);
     only those missing are drawn. As a multi-process job each process draws its share. Returns the
     summary of :func:`~medfusion_jax.evaluation.sample_folder.sample_to_folder` (``written``, ``counts``)."""
-    args = request
-    if args.random_init:
-        unet, vae, schedule, size, class_names, clip_x0, info = _random_init(args.seed)
+    if request.random_init:
+        unet, vae, schedule, size, class_names, clip_x0, info = _random_init(request.seed)
     else:
-        unet, vae, schedule, size, class_names, clip_x0, info = _load_checkpoint(args.checkpoint, args.use_ema)
-    if not 1 <= args.steps <= schedule.timesteps:
-        raise CommandError(f"--steps must be between 1 and {schedule.timesteps}, got {args.steps}")
-    groups = _groups(args.classes, unet.num_classes, class_names)
+        unet, vae, schedule, size, class_names, clip_x0, info = _load_checkpoint(request.checkpoint, request.use_ema)
+    if not 1 <= request.steps <= schedule.timesteps:
+        raise CommandError(f"--steps must be between 1 and {schedule.timesteps}, got {request.steps}")
+    groups = _groups(request.classes, unet.num_classes, class_names)
     latent = size // vae.downsampling
-    settings = SampleSettings(num_steps=args.steps, eta=args.eta, guidance_scale=args.guidance, clip_x0=clip_x0,
-                              seed=args.seed)
+    settings = SampleSettings(num_steps=request.steps, eta=request.eta, guidance_scale=request.guidance,
+                              clip_x0=clip_x0, seed=request.seed)
     # Each process samples its share of the images on its own devices (no collectives between them).
     sampler = ImageSampler(unet, vae, schedule, latent_size=(latent,) * vae.spatial_dims, settings=settings,
-                           batch_size=args.batch_size, mesh=make_mesh(jax.local_devices()))
+                           batch_size=request.batch_size, mesh=make_mesh(jax.local_devices()))
     manifest = dict(
-        info, random_init=bool(args.random_init), classes=[c for c, _ in groups], class_names=class_names,
-        steps=args.steps, eta=args.eta, guidance=args.guidance, seed=args.seed, clip_x0=clip_x0,
+        info, random_init=bool(request.random_init), classes=[c for c, _ in groups], class_names=class_names,
+        steps=request.steps, eta=request.eta, guidance=request.guidance, seed=request.seed, clip_x0=clip_x0,
         image_size=size, latent_shape=list(sampler.latent_shape), batch_size=sampler.batch_size,
         devices=sampler.mesh.devices.size, processes=jax.process_count(), device_kind=jax.devices()[0].device_kind,
     )
     try:
-        return sample_to_folder(sampler, args.out, groups=groups, num_per_class=args.num_per_class,
-                                manifest=manifest, overwrite=args.overwrite,
-                                progress=args.progress and jax.process_index() == 0,
+        return sample_to_folder(sampler, request.out, groups=groups, num_per_class=request.num_per_class,
+                                manifest=manifest, overwrite=request.overwrite,
+                                progress=request.progress and jax.process_index() == 0,
                                 process_index=jax.process_index(), process_count=jax.process_count(),
                                 barrier=barrier)
     except SampleFolderError as err:  # the output folder does not fit (e.g. other settings)
