@@ -1,7 +1,7 @@
 """Input-pipeline throughput at 256x256x3: JPEG folder vs prepared array_record, 0 vs 2 workers.
 
 Builds an AIROGS-layout JPEG tree of ``phantom-fundus`` images (256x256, quality 95, numbered
-sub-folders, ``train_labels.csv``) in a temporary folder, prepares it with the AIROGS TFDS builder
+sub-folders, ``train_labels.csv``) in a temporary folder, prepares it with ``medfusion_jax.data.preparation``
 (``raw`` encoding), then times ``make_loader`` (shuffle, H+V flips, batch 32, normalisation) over
 each source with 0 and 2 worker processes. Prints JSON: images/s per configuration (median of
 timing windows, and the best window), the ratios against the baselines measured in the same run
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from medfusion_jax.data import make_dataset, make_loader
 from medfusion_jax.data.phantoms import common, fundus
-from medfusion_jax.data.tfds_builders import prepare
+from medfusion_jax.data.preparation import prepare
 from medfusion_jax.xla_cpu import apply_cpu_defaults
 
 apply_cpu_defaults()  # as the command lines do: before the first computation (medfusion_jax/xla_cpu.py)

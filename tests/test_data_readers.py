@@ -184,7 +184,7 @@ def test_describe_lists_every_problem_without_stopping(tmp_path):
     assert status == 1 and json.loads(out.getvalue())["problem_counts"] == counts
 
 
-def test_prepare_airogs_reads_back_identical_through_tfds(tmp_path):
+def test_prepare_airogs_reads_back_identical(tmp_path):
     from medfusion_jax.data import prepare
 
     src_dir = tmp_path / "airogs"
@@ -209,14 +209,63 @@ def test_prepare_airogs_reads_back_identical_through_tfds(tmp_path):
         assert prepared[i]["label"] == raw[j]["label"]
     with pytest.raises(DataError, match="not 64"):
         make_dataset("airogs", str(tmp_path / "prep"), image_size=64)
+    # Records are stored uncompressed (reading is a copy): the raw pixels are in the file as they are.
+    folder = os.path.join(str(tmp_path / "prep"), "medfusion_airogs", "32px-3ch-raw", "2.0.0")
+    (records,) = [f for f in os.listdir(folder) if ".array_record-" in f]
+    with open(os.path.join(folder, records), "rb") as f:
+        assert prepared[3]["image"].tobytes() in f.read()
+    # An interrupted preparation leaves no copy that could be found; a finished one is reused.
+    assert [f for f in os.listdir(os.path.dirname(folder)) if f != "2.0.0"] == []
+    assert prepare_to(str(src_dir), str(tmp_path / "prep")) == folder
+
+
+def prepare_to(src, out):
+    from medfusion_jax.data.preparation import prepare
+
+    return prepare("airogs", src, out, image_size=32)
+
+
+def test_an_interrupted_preparation_leaves_nothing_that_is_read(tmp_path, monkeypatch):
+    from medfusion_jax.data import preparation
+
+    src_dir = tmp_path / "airogs"
+    make_airogs(src_dir)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preparation, "encode_record", crash)
+    with pytest.raises(KeyboardInterrupt):
+        preparation.prepare("airogs", str(src_dir), str(tmp_path / "prep"), image_size=32)
+    assert os.listdir(tmp_path / "prep" / "medfusion_airogs" / "32px-3ch-raw") == []
+    with pytest.raises(DataError, match="no prepared airogs"):
+        make_dataset("airogs", str(tmp_path / "prep"), image_size=32, use_prepared=True)
+
+
+def test_copies_prepared_by_the_earlier_tfds_builders_still_read():
+    """Folders written by TFDS (version 1.0.0, until 2026-12-07) read as TFDS's own reader read them then
+    (tests/data/prepared_tfds/make_fixture.py)."""
+    root = os.path.join(os.path.dirname(__file__), "data", "prepared_tfds")
+    expected = np.load(os.path.join(root, "expected.npz"))
+    for name, split in (("airogs", "train"), ("chexpert", "train"), ("chexpert", "validation")):
+        source = make_dataset(name, root, split=split, image_size=16, channels=3)
+        assert isinstance(source, PreparedSource) and source.tfds
+        stored = expected[f"{name}/{split}/image"]
+        assert len(source) == len(stored) > 0
+        for i in range(len(source)):
+            image = stored[i] if stored[i].ndim == 3 else stored[i][:, :, None]
+            np.testing.assert_array_equal(source[i]["image"], np.broadcast_to(image, (16, 16, 3)))
+            assert source[i]["label"] == expected[f"{name}/{split}/label"][i]
+            assert source.describe_item(i) == expected[f"{name}/{split}/id"][i]
+    assert make_dataset("airogs", root, image_size=16).class_counts() == {"NRG": 6, "RG": 2}
 
 
 def test_prepare_chexpert_stores_one_channel_png(tmp_path):
-    from medfusion_jax.data.tfds_builders import prepare
+    from medfusion_jax.data.preparation import prepare
 
     release = make_chexpert(tmp_path / "src")
     path = prepare("chexpert", release, str(tmp_path / "prep"), image_size=24, encoding="png")
-    assert path.endswith(os.path.join("medfusion_chexpert", "24px-1ch-png", "1.0.0"))
+    assert path.endswith(os.path.join("medfusion_chexpert", "24px-1ch-png", "2.0.0"))
     train = make_dataset("chexpert", str(tmp_path / "prep"), image_size=24)
     valid = make_dataset("chexpert", str(tmp_path / "prep"), split="validation", image_size=24)
     raw = make_dataset("chexpert", release, image_size=24, use_prepared=False)

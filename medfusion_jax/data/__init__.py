@@ -25,13 +25,13 @@ Nothing here imports the rest of medfusion_jax. The API the training and evaluat
 
 Command lines: ``python -m medfusion_jax.data describe --dataset NAME --data-dir DIR`` (JSON report
 of counts and problems), ``python -m medfusion_jax.data list`` (the registry), and
-``python -m medfusion_jax.data.prepare --dataset NAME --data-dir SRC --out DIR`` (array_record via
-TFDS, read back automatically by :func:`make_dataset` when ``data_dir`` points at ``DIR``).
+``python -m medfusion_jax.data.prepare --dataset NAME --data-dir SRC --out DIR`` (array_record
+written uncompressed, read back automatically by :func:`make_dataset` when ``data_dir`` points at ``DIR``).
 
 Modules: :mod:`~.images` (decoding, bit depth, DICOM windowing, reference resize/crop),
 :mod:`~.source` (the source base classes), :mod:`~.airogs`, :mod:`~.chexpert`, :mod:`~.crcdx`,
 :mod:`~.folder` (readers of the on-disk layouts), :mod:`~.phantoms` (built-in data sets and their
-measurements), :mod:`~.prepared` and :mod:`~.tfds_builders` (array_record), :mod:`~.pipeline`
+measurements), :mod:`~.prepared` and :mod:`~.preparation` (array_record), :mod:`~.pipeline`
 (Grain), :mod:`~.describe`.
 """
 
