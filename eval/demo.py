@@ -71,7 +71,7 @@ from medfusion_jax.images import (
     write_json_atomic,
     write_nifti_atomic,
 )
-from medfusion_jax.training.cli import int_tuple
+from medfusion_jax.training.flags import int_tuple
 from medfusion_jax.training.loop import NonFiniteLossError, TrainResult
 from medfusion_jax.training.presets import autoencoder_config, diffusion_config, with_channels
 from medfusion_jax.training.stages import run_autoencoder, run_diffusion

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 DTYPES = ("float32", "bfloat16")
@@ -185,81 +187,97 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work. The message names configuration fields as `` `run.batch_size` ``;
+    ``str()`` shows the field paths, :meth:`named` the names a caller knows them by (the command lines:
+    their flags, :func:`medfusion_jax.training.flags.flag_names`)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.template = message
+
+    def named(self, names: Mapping[str, str]) -> str:
+        return re.sub(r"`([\w.]+)`", lambda m: names.get(m.group(1), m.group(1)), self.template)
+
+    def __str__(self) -> str:
+        return self.named({})
+
+
 def validate(config: Config) -> None:
-    """Raise ValueError naming the flag for settings that cannot work."""
+    """Raise :class:`ConfigError` naming the fields of settings that cannot work."""
     run, data = config.run, config.data
     checks = [
-        (run.batch_size > 0, f"--batch-size must be positive, got {run.batch_size}"),
-        (run.steps is None or run.steps > 0, f"--steps must be positive, got {run.steps}"),
-        (run.epochs is None or run.epochs > 0, f"--epochs must be positive, got {run.epochs}"),
-        (run.steps is not None or run.epochs is not None, "give --steps or --epochs"),
-        (run.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {run.dtype!r}"),
-        (run.checkpoint_every > 0, f"--checkpoint-every must be positive, got {run.checkpoint_every}"),
-        (run.keep_checkpoints > 0, f"--keep-checkpoints must be positive, got {run.keep_checkpoints}"),
-        (run.log_every > 0, f"--log-every must be positive, got {run.log_every}"),
-        (run.image_every >= 0, f"--image-every must be >= 0, got {run.image_every}"),
-        (set(data.flips) <= {"h", "v", "d"}, f"--flips must be '', 'h', 'v' or 'hv' (volumes also 'd'), "
+        (run.batch_size > 0, f"`run.batch_size` must be positive, got {run.batch_size}"),
+        (run.steps is None or run.steps > 0, f"`run.steps` must be positive, got {run.steps}"),
+        (run.epochs is None or run.epochs > 0, f"`run.epochs` must be positive, got {run.epochs}"),
+        (run.steps is not None or run.epochs is not None, "give `run.steps` or `run.epochs`"),
+        (run.dtype in DTYPES, f"`run.dtype` must be one of {DTYPES}, got {run.dtype!r}"),
+        (run.checkpoint_every > 0, f"`run.checkpoint_every` must be positive, got {run.checkpoint_every}"),
+        (run.keep_checkpoints > 0, f"`run.keep_checkpoints` must be positive, got {run.keep_checkpoints}"),
+        (run.log_every > 0, f"`run.log_every` must be positive, got {run.log_every}"),
+        (run.image_every >= 0, f"`run.image_every` must be >= 0, got {run.image_every}"),
+        (set(data.flips) <= {"h", "v", "d"}, f"`data.flips` must be '', 'h', 'v' or 'hv' (volumes also 'd'), "
                                              f"got {data.flips!r}"),
         ("d" not in data.flips or config.model.spatial_dims == 3,
-         f"--flips {data.flips!r}: 'd' (depth) flips volumes only"),
-        (data.image_size > 0, f"--image-size must be positive, got {data.image_size}"),
+         f"`data.flips` {data.flips!r}: 'd' (depth) flips volumes only"),
+        (data.image_size > 0, f"`data.image_size` must be positive, got {data.image_size}"),
         (data.volume_fit in (None, "resize", "crop-or-pad"),
-         f"--volume-fit must be 'resize' or 'crop-or-pad', got {data.volume_fit!r}"),
+         f"`data.volume_fit` must be 'resize' or 'crop-or-pad', got {data.volume_fit!r}"),
         (data.volume_intensity in (None, "zscore", "rescale"),
-         f"--volume-intensity must be 'zscore' or 'rescale', got {data.volume_intensity!r}"),
+         f"`data.volume_intensity` must be 'zscore' or 'rescale', got {data.volume_intensity!r}"),
         (data.volume_spacing is None or (len(data.volume_spacing) == 3 and min(data.volume_spacing) > 0),
-         f"--volume-spacing must be three positive millimetre values D,H,W, got {data.volume_spacing}"),
+         f"`data.volume_spacing` must be three positive millimetre values D,H,W, got {data.volume_spacing}"),
         (data.dataset == "volume-folder" or (data.volume_fit, data.volume_spacing, data.volume_intensity)
-         == (None, None, None), f"--volume-fit, --volume-spacing and --volume-intensity apply to --dataset "
-                                f"volume-folder only, not {data.dataset}"),
+         == (None, None, None), f"`data.volume_fit`, `data.volume_spacing` and `data.volume_intensity` apply to "
+                                f"`data.dataset` volume-folder only, not {data.dataset}"),
     ]
     if isinstance(config, AutoencoderConfig):
         down = 1
         for s in config.model.strides:
             down *= s
         checks += [
-            (config.pixel_loss in ("l1", "mse"), f"--pixel-loss must be 'l1' or 'mse', got {config.pixel_loss!r}"),
-            (data.image_size % down == 0, f"--image-size {data.image_size} must be divisible by {down} "
+            (config.pixel_loss in ("l1", "mse"), f"`pixel_loss` must be 'l1' or 'mse', got {config.pixel_loss!r}"),
+            (data.image_size % down == 0, f"`data.image_size` {data.image_size} must be divisible by {down} "
                                           "(the autoencoder's downsampling)"),
-            (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+            (config.lr > 0, f"`lr` must be positive, got {config.lr}"),
             (all(c % config.model.norm_groups == 0 for c in config.model.hid_chs),
-             f"--hid-chs {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm groups "
-             "(--norm-groups)"),
+             f"`model.hid_chs` {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm "
+             "groups (`model.norm_groups`)"),
         ]
         smallest_output = data.image_size // 2 ** config.model.deep_supervision
         checks.append((config.model.spatial_dims == 2 or not config.perceptual_weight,
                        "the perceptual term (LPIPS on 2-D images) is not available for volumes: use "
-                       "--perceptual-weight 0"))
+                       "`perceptual_weight` 0"))
         checks.append((not config.perceptual_weight or smallest_output >= 16,
-                       f"--image-size {data.image_size}: the perceptual term needs outputs of at least 16x16 "
-                       f"pixels, and the deep-supervision head's are {smallest_output}x{smallest_output} "
-                       "(use larger images or --perceptual-weight 0)"))
+                       f"`data.image_size` {data.image_size}: the perceptual term needs outputs of at least "
+                       f"16x16 pixels, and the deep-supervision head's are {smallest_output}x{smallest_output} "
+                       "(use larger images or `perceptual_weight` 0)"))
         if config.gan is not None:
             checks += [
-                (config.pixel_loss == "l1", "--pixel-loss mse cannot be used with the GAN stage: VAEGAN's "
+                (config.pixel_loss == "l1", "`pixel_loss` mse cannot be used with the GAN stage: VAEGAN's "
                                             "reconstruction term is L1 (spec 5.1)"),
-                (config.gan.disc_lr > 0, f"--disc-lr must be positive, got {config.gan.disc_lr}"),
+                (config.gan.disc_lr > 0, f"`gan.disc_lr` must be positive, got {config.gan.disc_lr}"),
             ]
     else:
         checks += [
-            (0.0 <= config.cfg_dropout <= 1.0, f"--cfg-dropout must be in [0, 1], got {config.cfg_dropout}"),
-            (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+            (0.0 <= config.cfg_dropout <= 1.0, f"`cfg_dropout` must be in [0, 1], got {config.cfg_dropout}"),
+            (config.lr > 0, f"`lr` must be positive, got {config.lr}"),
             ((config.lr_decay_start is None) == (config.lr_decay_end is None),
-             "--lr-decay-start and --lr-decay-end go together"),
+             "`lr_decay_start` and `lr_decay_end` go together"),
             (None in (config.lr_decay_start, config.lr_decay_end) or 0 <= config.lr_decay_start < config.lr_decay_end,
-             f"--lr-decay-start ({config.lr_decay_start}) must be >= 0 and below --lr-decay-end "
+             f"`lr_decay_start` ({config.lr_decay_start}) must be >= 0 and below `lr_decay_end` "
              f"({config.lr_decay_end})"),
-            (0.0 < config.ema_max_decay < 1.0, f"--ema-max-decay must be in (0, 1), got {config.ema_max_decay}"),
+            (0.0 < config.ema_max_decay < 1.0, f"`ema_max_decay` must be in (0, 1), got {config.ema_max_decay}"),
             (all(c % config.model.norm_groups == 0 for c in config.model.hid_chs),
-             f"--hid-chs {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm groups "
-             "(--norm-groups)"),
-            (not (config.cache_latents and data.flips), "--cache-latents encodes every image once, so it "
-                                                        "cannot be combined with random --flips"),
-            (config.sample_steps >= 1, f"--sample-steps must be >= 1, got {config.sample_steps}"),
+             f"`model.hid_chs` {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm "
+             "groups (`model.norm_groups`)"),
+            (not (config.cache_latents and data.flips), "`cache_latents` encodes every image once, so it "
+                                                        "cannot be combined with random `data.flips`"),
+            (config.sample_steps >= 1, f"`sample_steps` must be >= 1, got {config.sample_steps}"),
         ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 def to_dict(config: Config) -> dict[str, Any]:
