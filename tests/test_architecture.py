@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import io
+import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -111,3 +114,26 @@ def test_layers_are_importable():
     for _, _, prefixes in LAYERS:
         for prefix in prefixes:
             assert importlib.util.find_spec(prefix) is not None, prefix
+
+
+#: "the spec" (or "spec section") in a docstring or comment must be followed by its section number.
+UNNUMBERED_SPEC = re.compile(r"\b(?:the|of|in|see|per) spec\b(?!\s*\(?(?:sections?\s*)?\d)|\bspec sections?\b(?!\s*\d)",
+                             re.IGNORECASE)
+
+
+def unnumbered_spec_citations(source: str) -> list[int]:
+    lines = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.STRING, tokenize.COMMENT) and UNNUMBERED_SPEC.search(tok.string):
+            lines.append(tok.start[0])
+    return lines
+
+
+def test_spec_citations_name_their_section():
+    """A docstring or comment that cites the spec names the section (what is cited there is stated beside it
+    by hand; this checks the half a machine can)."""
+    assert unnumbered_spec_citations('"""Loss as in the spec."""\n# see spec section 4.3\n') == [1]
+    assert unnumbered_spec_citations('"""As the spec (section 5.1): L1."""\n') == []
+    found = [f"{path.relative_to(ROOT)}:{line}" for path in MODULES.values()
+             for line in unnumbered_spec_citations(path.read_text())]
+    assert not found, found
