@@ -194,6 +194,8 @@ class PreparedSource(ImageSource):
                 import tensorflow_datasets as tfds
 
                 self._source = tfds.builder_from_directory(self.path).as_data_source(split=self.split)
+            elif not self._files:  # a split whose every image was skipped
+                self._source = []
             else:
                 import grain
 
