@@ -238,69 +238,30 @@ def test_a_checkpoint_resumes_with_another_number_of_processes(runs, tmp_path_fa
         assert max(abs(a[s] - b[s]) / abs(a[s]) for s in (STEPS + 1, STEPS + 2)) < 1e-5, (name, a, b)
 
 
-KILL_PROCESS_1 = """
-import os, signal, sys
-from medfusion_jax.training import loop
-calls = [0]
-real = loop.global_batch
-def global_batch(local, mesh):
-    calls[0] += 1
-    if calls[0] == int(os.environ["KILL_AT_BATCH"]) and "--process-id" in sys.argv and \\
-            sys.argv[sys.argv.index("--process-id") + 1] == "1":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(local, mesh)
-loop.global_batch = global_batch
-from train import autoencoder
-sys.exit(autoencoder.main(sys.argv[1:]))
-"""
-
-
-def test_a_killed_process_ends_the_job_and_the_job_resumes(runs, tmp_path):
-    """Items 2 and 7: process 1 is SIGKILLed at its 5th batch (checkpoints at steps 2 and 4); process 0 does not
-    hang: it ends within --heartbeat-timeout (10 s) plus a margin, JAX's message naming the lost task (an abort
-    with JAX's fatal log: the message is JAX's, not ours). The job
-    restarted with both processes resumes from the last complete checkpoint, and its steps 5-6 have the losses
-    of the uninterrupted two-process run."""
-    import re
-    import signal
-    import time
-
-    flags = [v if v != "1000" else "2" for v in FLAGS] + ["--heartbeat-timeout", "10"]  # checkpoint every 2
-    port = _free_port()
-    env = dict(_env(2), KILL_AT_BATCH="5")
-    procs = [subprocess.Popen([sys.executable, "-c", KILL_PROCESS_1, *flags, "--run-dir", str(tmp_path),
-                               "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
-                               "--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    procs[1].communicate(timeout=300)
-    assert procs[1].returncode == -signal.SIGKILL
-    killed = time.monotonic()
-    _, err = procs[0].communicate(timeout=300)
-    assert procs[0].returncode != 0 and time.monotonic() - killed < 10 + 60, err[-2000:]
-    # JAX names the lost task (its wording depends on which of its threads notices first).
-    assert re.search(r"Task 1 heartbeat timeout|unhealthy \(stopped sending heartbeats\):\s*1\b", err), err[-2000:]
-    steps = {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
-    assert 4 in steps and max(steps) <= 4, steps
-    # The restart keeps the default heartbeat: 10 s lapsed once under the suite's load.
-    results = _train(tmp_path, 2, 2, flags=flags[:-2])
-    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
-    expected, got = _losses(runs[1]), _losses(tmp_path)
-    np.testing.assert_allclose([got[s] for s in (5, 6)], [expected[s] for s in (5, 6)], rtol=1e-6)
-
-
-KILL_DURING_SAVE = """
+KILL_SCRIPT = """
 import os, signal, sys, threading
-from medfusion_jax.training import checkpointing
+from medfusion_jax.training import checkpointing, loop
+victim, mode, at, delay = (os.environ["KILL_PROCESS"], os.environ["KILL_MODE"], int(os.environ["KILL_AT"]),
+                           float(os.environ["KILL_DELAY"]))
+hit = sys.argv[sys.argv.index("--process-id") + 1] == victim
 calls = [0]
-real = checkpointing.Checkpointer.save
-victim, at_save, delay = os.environ["KILL_PROCESS"], int(os.environ["KILL_AT_SAVE"]), float(os.environ["KILL_DELAY"])
-def save(self, *args, **kwargs):
-    calls[0] += 1
-    if calls[0] == at_save and sys.argv[sys.argv.index("--process-id") + 1] == victim:
-        # SIGKILL `delay` seconds after this save starts: the asynchronous write is under way.
-        threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-    return real(self, *args, **kwargs)
-checkpointing.Checkpointer.save = save
+if mode == "save":
+    real_save = checkpointing.Checkpointer.save
+    def save(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at and hit:
+            # SIGKILL `delay` seconds after this save starts: the asynchronous write is under way.
+            threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        return real_save(self, *args, **kwargs)
+    checkpointing.Checkpointer.save = save
+else:  # "batch": SIGKILL as the process takes its at-th batch, in the middle of the job's steps
+    real_batch = loop.global_batch
+    def global_batch(local, mesh):
+        calls[0] += 1
+        if calls[0] == at and hit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_batch(local, mesh)
+    loop.global_batch = global_batch
 from train import autoencoder
 sys.exit(autoencoder.main(sys.argv[1:]))
 """
@@ -311,56 +272,57 @@ def _complete_steps(run_dir: Path) -> set[int]:
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
 
 
-@pytest.mark.skipif("MEDFUSION_TEST_KILL_ROUNDS" not in os.environ,
-                    reason="repeated kills: MEDFUSION_TEST_KILL_ROUNDS=N runs it (minutes; out of CI for the "
-                           "15-minute budget)")
-def test_kills_at_random_moments_during_checkpoint_writes_never_lose_a_checkpoint(runs, tmp_path):
+def test_kills_at_random_moments_never_lose_a_checkpoint_and_the_job_resumes(runs, tmp_path):
     """Items 2 and 7: a job writing an asynchronous checkpoint after every step is SIGKILLed three times (or
-    ``MEDFUSION_TEST_KILL_ROUNDS``), each time on a process (both are hit), during its first save after the
-    start, a random delay into the write (seeded); so each round adds at most one checkpoint. The other
-    process does not hang: it ends within --heartbeat-timeout (10 s) plus a margin, JAX's message naming the
-    lost task (an abort with JAX's fatal log: the message is JAX's, not ours). After each kill the newest
-    complete checkpoint is never older than before; the job resumes from it, and the finished run's losses
-    equal the uninterrupted two-process run's at every step.
+    ``MEDFUSION_TEST_KILL_ROUNDS``): first process 1 as it takes its 3rd batch (mid-job), then in every further
+    round a process (both are hit) a seeded random delay into its first save after the start (the write under
+    way); so each round adds at most two checkpoints. The other process does not hang: it ends within
+    --heartbeat-timeout (10 s) plus a margin, JAX's message naming the lost task (an abort with JAX's fatal
+    log: the message is JAX's, not ours). After each kill the newest complete checkpoint is never older than
+    before; the job resumes from it, and the finished run's losses equal the uninterrupted two-process run's at
+    every step (rtol 1e-6).
 
-    Not in CI: it takes minutes (8 rounds: ~6 min). Under load it once found a real fault: a restarted process
-    read config.json while process 0 rewrote it (a half-written file), failed alone, and waited 300 s at JAX's
-    shutdown barrier; config.json is now written atomically and a process that fails alone leaves the job
-    (test_a_process_that_fails_alone_leaves_the_job_without_hanging). CI keeps the single kill above."""
+    CI runs 3 rounds (~70 s on an idle 2-core machine; the single kill it replaced took
+    ~55 s). Under load it once found a real fault: a restarted process read config.json while process 0
+    rewrote it (a half-written file), failed alone, and waited 300 s at JAX's shutdown barrier; config.json is
+    now written atomically and a process that fails alone leaves the job
+    (test_a_process_that_fails_alone_leaves_the_job_without_hanging)."""
     import re
     import signal
     import time
 
     rounds = int(os.environ.get("MEDFUSION_TEST_KILL_ROUNDS", "3"))
-    steps_run = max(STEPS, rounds + 1)  # every round may add a checkpoint: the run outlasts the rounds
+    steps_run = max(STEPS, rounds + 2)  # the rounds add at most 2 + (rounds - 1) checkpoints: the run outlasts them
     flags = [f for f in FLAGS if f != "--sync-checkpoints"]
     flags = [{"1000": "1", str(STEPS): str(steps_run)}.get(v, v) for v in flags]
     short = ["--heartbeat-timeout", "10"]  # the runs that are killed; the last one keeps the default
     rng = np.random.default_rng(20261202)
+    victims = rng.permutation([0, 1] + [int(v) for v in rng.integers(2, size=max(0, rounds - 3))])
+    plan = [("batch", 1, 3, 0.0)] + [("save", int(v), 1, float(rng.uniform(0.0, 0.3))) for v in victims][: rounds - 1]
     newest = partial = 0
-    for victim in rng.permutation([0, 1] + [int(v) for v in rng.integers(2, size=max(0, rounds - 2))]):
-        at_save, delay = 1, float(rng.uniform(0.0, 0.3))
+    for mode, victim, at, delay in plan:
         port = _free_port()
-        env = dict(_env(2), KILL_PROCESS=str(victim), KILL_AT_SAVE=str(at_save), KILL_DELAY=str(delay))
-        procs = [subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, *flags, *short, "--run-dir", str(tmp_path),
+        env = dict(_env(2), KILL_PROCESS=str(victim), KILL_MODE=mode, KILL_AT=str(at), KILL_DELAY=str(delay))
+        procs = [subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *flags, *short, "--run-dir", str(tmp_path),
                                    "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
                                    "--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for i in range(2)]
         _, err = procs[victim].communicate(timeout=300)
-        assert procs[victim].returncode == -signal.SIGKILL, (victim, at_save, delay, err[-2000:])
+        assert procs[victim].returncode == -signal.SIGKILL, (mode, victim, at, delay, err[-2000:])
         killed = time.monotonic()
         _, err = procs[1 - victim].communicate(timeout=300)
         assert procs[1 - victim].returncode != 0 and time.monotonic() - killed < 10 + 60, err[-2000:]
         # JAX's message: the lost task (process 1) by its heartbeats, the lost coordinator (process 0) by its
         # closed connection; the wording depends on which of JAX's threads notices first.
         lost = {1: r"Task 1 heartbeat timeout|unhealthy \(stopped sending heartbeats\)",
-                0: r"UNAVAILABLE: (Failed to send RPC to coordination service|Socket closed)"}[int(victim)]
-        assert re.search(lost, err), err[-2000:]
+                0: r"UNAVAILABLE: (Failed to send RPC to coordination service|Socket closed)"}[victim]
+        assert re.search(lost, err), (mode, victim, err[-2000:])
         partial += any(".orbax-checkpoint-tmp" in p.name for p in (tmp_path / "checkpoints").iterdir())
         steps = _complete_steps(tmp_path)
         assert max(steps, default=0) >= newest, (steps, newest)
         newest = max(steps, default=0)
-    assert partial >= 1  # at least one kill left a checkpoint half written (Orbax's temporary folder)
+    assert newest >= 1  # the first round, killed mid-job, had completed checkpoints
+    assert partial >= 1  # some kill hit a checkpoint write under way (Orbax's temporary folder left; 3 of 3 here)
     results = _train(tmp_path, 2, 2, flags=flags)
     assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
     expected, got = _losses(runs[1]), _losses(tmp_path)
