@@ -11,7 +11,6 @@ import pytest
 
 from medfusion_jax import config as config_lib
 from medfusion_jax.training.autoencoder_task import AutoencoderSpec
-from medfusion_jax.training.cli import DATA_FLAGS, RUN_FLAGS
 from medfusion_jax.training.flags import field_type, flag_names
 from medfusion_jax.training.loop import ConfigMismatchError, prepare_run_dir
 from train import autoencoder as ae_cli
@@ -84,7 +83,7 @@ def test_bad_values_name_their_field_and_the_command_lines_their_flag():
         with pytest.raises(config_lib.ConfigError, match=field_message) as err:
             config_lib.validate(config)
         if flag_message:
-            names = flag_names(DATA_FLAGS, RUN_FLAGS, ae_cli.FLAGS)
+            names = flag_names(ae_cli.FLAGS)
             assert re.search(flag_message, err.value.named(names)), err.value.named(names)
             assert "`" not in err.value.named(names) and "`" not in str(err.value)
     with pytest.raises(SystemExit):

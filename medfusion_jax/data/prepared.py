@@ -158,6 +158,10 @@ def read_metadata(path: str) -> dict:
     meta = _describe(path)
     if meta is None:
         raise DataError(f"{path}: no prepared data here (no {PREPARED_JSON})")
+    return _recorded(meta)
+
+
+def _recorded(meta: dict) -> dict:
     return {key: meta.get(key, {}) for key in ("class_counts", "skipped", "problems")}
 
 
@@ -177,7 +181,7 @@ class PreparedSource(ImageSource):
         self.encoding = meta["encoding"]
         self.tfds = meta["format"] == "tfds"
         super().__init__(info, split=split, image_size=int(meta["image_size"]), channels=channels)
-        self.metadata = {key: meta.get(key, {}) for key in ("class_counts", "skipped", "problems")}
+        self.metadata = _recorded(meta)
         self._files = [os.path.join(path, f) for f in meta["splits"][split].get("files", [])]
         for file in self._files:
             if not os.path.isfile(file):

@@ -88,7 +88,7 @@ def run_main(args: argparse.Namespace, make_config: Callable[[argparse.Namespace
              run: Callable[..., TrainResult], flags: Sequence[Flag]) -> int:
     """Join the distributed run (if asked), build the configuration and train; failures become exit codes
     through :func:`medfusion_jax.command.run` (a non-finite loss is 1, bad input 2, an interruption 130).
-    A setting that cannot work is reported with the flag that sets it (``flags``: the command's own)."""
+    A setting that cannot work is reported with the flag that sets it (``flags``: all the command's flags)."""
     return command.run(lambda: _train(args, make_config, run, flags), prog="train")
 
 
@@ -99,7 +99,7 @@ def _train(args: argparse.Namespace, make_config: Callable[[argparse.Namespace],
         config = make_config(args)
         result = run(config, resume=args.resume)
     except ConfigError as err:
-        names = {"data.dataset": "--dataset", **flag_names(DATA_FLAGS, RUN_FLAGS, flags)}
+        names = {"data.dataset": "--dataset", **flag_names(flags)}
         raise CommandError(err.named(names)) from None
     except NonFiniteLossError as err:
         raise CommandError(str(err), exit_code=EXIT_FAILED) from None
