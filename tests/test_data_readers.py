@@ -216,13 +216,9 @@ def test_prepare_airogs_reads_back_identical(tmp_path):
         assert prepared[3]["image"].tobytes() in f.read()
     # An interrupted preparation leaves no copy that could be found; a finished one is reused.
     assert [f for f in os.listdir(os.path.dirname(folder)) if f != "2.0.0"] == []
-    assert prepare_to(str(src_dir), str(tmp_path / "prep")) == folder
+    from medfusion_jax.data.preparation import prepare as prepare_again
 
-
-def prepare_to(src, out):
-    from medfusion_jax.data.preparation import prepare
-
-    return prepare("airogs", src, out, image_size=32)
+    assert prepare_again("airogs", str(src_dir), str(tmp_path / "prep"), image_size=32) == folder
 
 
 def test_an_interrupted_preparation_leaves_nothing_that_is_read(tmp_path, monkeypatch):
