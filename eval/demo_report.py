@@ -37,6 +37,9 @@ WHY = {
                         "the gray phantom-cxr (a gray block's 16 values), 48 for phantom-fundus and 24 for "
                         "phantom-histo (of an RGB block's 48)"),
     "autoencoder learning rate": "reaches near-lossless reconstructions within the demo's steps",
+    "autoencoder learning-rate schedule": (
+        "a fixed-length run ends better with the rate decayed (phantom-fundus, 2000 steps, decay over the last "
+        "half: reconstructions' FID 39.9 against 43.0, precision 0.17 against 0.09)"),
     "VGG16 perceptual term": "triples the CPU step time; the pixel and SSIM terms reach the reconstructions shown",
     "autoencoder training": "CPU time (the paper trains up to 1001 epochs on a GPU)",
     "UNet channels": "a CPU-sized UNet (the paper's has 194 M parameters)",
@@ -109,6 +112,7 @@ def setting_rows(args, out: Path) -> list[list]:
          "latent)", f"{2**levels}x ({latent}x{latent} latent)"),
         ("latent channels", paper_ae["emb_channels"], ae["model"]["emb_channels"]),
         ("autoencoder learning rate", 1e-4, ae["lr"]),
+        ("autoencoder learning-rate schedule", "constant", _schedule(ae)),
         ("VGG16 perceptual term", 1.0, ae["perceptual_weight"]),
         ("autoencoder training", f"up to {paper_ae['epochs']} epochs, batch {paper_ae['batch_size']}",
          f"{ae['run']['steps']} steps, batch {ae['run']['batch_size']}"),
@@ -116,9 +120,7 @@ def setting_rows(args, out: Path) -> list[list]:
         ("UNet time embedding", paper_diff["time_emb_dim"], diff["model"]["time_emb_dim"]),
         ("UNet residual blocks per level", 2, diff["model"].get("num_res_blocks", 2)),
         ("diffusion learning rate", 1e-4, diff["lr"]),
-        ("diffusion learning-rate schedule", "constant",
-         "constant" if diff.get("lr_decay_start") is None else
-         f"linear decay to 0 from step {diff['lr_decay_start']} to {diff['lr_decay_end']}"),
+        ("diffusion learning-rate schedule", "constant", _schedule(diff)),
         ("EMA of the weights", False, diff.get("ema", False)),
         ("diffusion training", f"up to {paper_diff['epochs']} epochs, batch {paper_diff['batch_size']}",
          f"{diff['run']['steps']} steps, batch {diff['run']['batch_size']}"),
@@ -128,6 +130,13 @@ def setting_rows(args, out: Path) -> list[list]:
     why = {**WHY, **(WHY_VOLUMES if get_info(args.dataset).spatial_dims == 3 else {})}
     return [[name, _show(paper), _show(mine), why.get(name, "")] for name, paper, mine in candidates
             if _show(paper) != _show(mine)]
+
+
+def _schedule(config: dict) -> str:
+    """A stage's learning-rate schedule in words, from its saved configuration."""
+    if config.get("lr_decay_start") is None:
+        return "constant"
+    return f"linear decay to 0 from step {config['lr_decay_start']} to {config['lr_decay_end']}"
 
 
 def _paper_dataset(dataset: str) -> str:

@@ -112,6 +112,10 @@ class AutoencoderConfig:
     perceptual_weight: float = 1.0
     kl_weight: float = 1e-6
     lr: float = 1e-4
+    #: Linear decay of the (VAE's) learning rate to 0 between these steps, as DiffusionConfig's; None:
+    #: constant, as the reference.
+    lr_decay_start: int | None = None
+    lr_decay_end: int | None = None
     gan: GANConfig | None = None
     #: A trained autoencoder run (or checkpoint) whose weights start this one (the reference's
     #: ``load_pretrained`` before VAEGAN fine-tuning).
@@ -230,6 +234,11 @@ def validate(config: Config) -> None:
         (data.dataset == "volume-folder" or (data.volume_fit, data.volume_spacing, data.volume_intensity)
          == (None, None, None), f"`data.volume_fit`, `data.volume_spacing` and `data.volume_intensity` apply to "
                                 f"`data.dataset` volume-folder only, not {data.dataset}"),
+        (config.lr > 0, f"`lr` must be positive, got {config.lr}"),
+        ((config.lr_decay_start is None) == (config.lr_decay_end is None),
+         "`lr_decay_start` and `lr_decay_end` go together"),
+        (None in (config.lr_decay_start, config.lr_decay_end) or 0 <= config.lr_decay_start < config.lr_decay_end,
+         f"`lr_decay_start` ({config.lr_decay_start}) must be >= 0 and below `lr_decay_end` ({config.lr_decay_end})"),
     ]
     if isinstance(config, AutoencoderConfig):
         down = 1
@@ -239,7 +248,6 @@ def validate(config: Config) -> None:
             (config.pixel_loss in ("l1", "mse"), f"`pixel_loss` must be 'l1' or 'mse', got {config.pixel_loss!r}"),
             (data.image_size % down == 0, f"`data.image_size` {data.image_size} must be divisible by {down} "
                                           "(the autoencoder's downsampling)"),
-            (config.lr > 0, f"`lr` must be positive, got {config.lr}"),
             (all(c % config.model.norm_groups == 0 for c in config.model.hid_chs),
              f"`model.hid_chs` {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm "
              "groups (`model.norm_groups`)"),
@@ -261,12 +269,6 @@ def validate(config: Config) -> None:
     else:
         checks += [
             (0.0 <= config.cfg_dropout <= 1.0, f"`cfg_dropout` must be in [0, 1], got {config.cfg_dropout}"),
-            (config.lr > 0, f"`lr` must be positive, got {config.lr}"),
-            ((config.lr_decay_start is None) == (config.lr_decay_end is None),
-             "`lr_decay_start` and `lr_decay_end` go together"),
-            (None in (config.lr_decay_start, config.lr_decay_end) or 0 <= config.lr_decay_start < config.lr_decay_end,
-             f"`lr_decay_start` ({config.lr_decay_start}) must be >= 0 and below `lr_decay_end` "
-             f"({config.lr_decay_end})"),
             (0.0 < config.ema_max_decay < 1.0, f"`ema_max_decay` must be in (0, 1), got {config.ema_max_decay}"),
             (all(c % config.model.norm_groups == 0 for c in config.model.hid_chs),
              f"`model.hid_chs` {config.model.hid_chs} must be multiples of the {config.model.norm_groups} norm "

@@ -138,6 +138,9 @@ def _command_lines(args, ae_dir, diff_dir):
         ae += ["--lr", str(args.ae_lr)]
     if args.ae_hid_chs:
         ae += ["--hid-chs", args.ae_hid_chs]
+    if args.ae_lr_decay:
+        ae += ["--lr-decay-start", str(args.ae_steps - round(args.ae_lr_decay * args.ae_steps)),
+               "--lr-decay-end", str(args.ae_steps)]
     every = args.diffusion_steps // args.fid_points
     total = every * args.fid_points
     diff = train + ["--autoencoder", str(ae_dir), "--run-dir", str(diff_dir), "--cache-latents", "--steps", str(total),
@@ -156,7 +159,8 @@ def _command_lines(args, ae_dir, diff_dir):
 @pytest.mark.parametrize("argv", [[], ARGS, ["--dataset", "phantom-fundus", "--paper-autoencoder"],
                                   ["--dataset", "phantom-brain", "--tiny"],
                                   ["--ae-perceptual", "--ae-emb-channels", "8", "--ae-lr", "3e-4", "--ae-hid-chs",
-                                   "16,32,32", "--unet-res-blocks", "2", "--lr-decay", "0.4", "--seed", "3"]])
+                                   "16,32,32", "--unet-res-blocks", "1", "--lr-decay", "0.3", "--seed", "3",
+                                   "--ae-lr-decay", "0.5"]])
 def test_the_demo_trains_what_its_command_lines_would(argv, tmp_path):
     """The demo builds its configurations from the presets (no command line in between); they equal what
     `train.autoencoder` / `train.diffusion` make of the flags the demo used to pass them."""

