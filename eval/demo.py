@@ -1,6 +1,6 @@
 """The whole Medfusion pipeline on one data set, end to end, with a report: ``make demo`` runs this.
 
-    python -m eval.demo                                   # phantom-cxr at 64x64, under 25 min on 2 CPU cores
+    python -m eval.demo                                   # phantom-cxr at 64x64, ~20-40 min on 2 CPU cores
     python -m eval.demo --dataset phantom-fundus          # or phantom-histo; runs/demo-<dataset>
     python -m eval.demo --tiny --out /tmp/smoke           # seconds-sized smoke run of every stage
     python -m eval.demo --dataset phantom-brain           # volumes: 32^3 brain MRI phantom, under 30 min
