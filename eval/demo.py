@@ -442,6 +442,13 @@ def _main(args) -> int:
     return 0
 
 
+def decay_steps(fraction: float, total: int) -> dict[str, int]:
+    """The configuration fields of a learning rate decayed linearly to 0 over the final ``fraction`` of
+    ``total`` steps ({} when that is under one step: a constant rate)."""
+    steps = round(fraction * total)
+    return dict(lr_decay_start=total - steps, lr_decay_end=total) if steps >= 1 else {}
+
+
 def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
     """The data set's autoencoder preset with the demo's sizes and its autoencoder options."""
     info = get_info(args.dataset)
@@ -459,9 +466,7 @@ def demo_autoencoder_config(args, run_dir: Path) -> AutoencoderConfig:
         changes["lr"] = args.ae_lr
     if args.ae_hid_chs:
         model = with_channels(model, int_tuple(args.ae_hid_chs))
-    if args.ae_lr_decay and round(args.ae_lr_decay * args.ae_steps) >= 1:
-        changes.update(lr_decay_start=args.ae_steps - round(args.ae_lr_decay * args.ae_steps),
-                       lr_decay_end=args.ae_steps)
+    changes.update(decay_steps(args.ae_lr_decay, args.ae_steps))
     every = max(1, args.ae_steps // 4)
     return replace(base, data=replace(base.data, image_size=args.image_size, data_dir=args.data_dir or None,
                                       num_examples=args.train_examples if info.builtin else None),
@@ -483,8 +488,7 @@ def demo_diffusion_config(args, ae_dir: Path, run_dir: Path) -> DiffusionConfig:
         model = with_channels(model, int_tuple(args.unet_hid_chs), time_emb_dim=32, norm_groups=8)
     if args.unet_res_blocks:
         model = replace(model, num_res_blocks=args.unet_res_blocks)
-    if args.lr_decay and round(args.lr_decay * total) >= 1:
-        changes.update(lr_decay_start=total - round(args.lr_decay * total), lr_decay_end=total)
+    changes.update(decay_steps(args.lr_decay, total))
     return replace(base, data=replace(base.data, data_dir=args.data_dir or None,
                                       num_examples=args.train_examples if info.builtin else None),
                    run=replace(base.run, steps=total, epochs=None, seed=args.seed,
