@@ -84,7 +84,7 @@ SIZES = {
     "train_examples": (1000, 16),
     "ae_steps": (2000, 3),
     "ae_hid_chs": (None, "8,8,8"),
-    "diffusion_steps": (5400, 4),
+    "diffusion_steps": (7200, 4),
     "diffusion_batch_size": (16, 8),
     "unet_hid_chs": (None, "16,16,32,32"),
     "fid_points": (3, 2),

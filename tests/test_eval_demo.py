@@ -174,12 +174,12 @@ def test_the_demo_trains_what_its_command_lines_would(argv, tmp_path):
     assert demo.demo_diffusion_config(args, ae_dir, diff_dir) == diff_cli.make_config(diff_cli.parse_args(diff_argv))
 
 
-@pytest.mark.parametrize("argv, decayed_steps", [([], 2160), (["--lr-decay", "0"], None),
+@pytest.mark.parametrize("argv, decayed_steps", [([], 2880), (["--lr-decay", "0"], None),
                                                  (["--dataset", "phantom-brain"], None),
                                                  (["--dataset", "phantom-brain", "--lr-decay", "0.5"], 1650)])
 def test_the_learning_rate_decays_over_the_last_40_percent_for_images_and_stays_constant_for_volumes(
         argv, decayed_steps, tmp_path):
-    """Images: linear decay to 0 over the last 40 % of the diffusion steps (5400 -> from step 3240); volumes
+    """Images: linear decay to 0 over the last 40 % of the diffusion steps (7200 -> from step 4320); volumes
     keep the constant rate their demo was measured with; `--lr-decay` sets either."""
     args = demo.parse_args(argv)
     config = demo.demo_diffusion_config(args, tmp_path / "autoencoder", tmp_path / "diffusion")
