@@ -51,7 +51,7 @@ WHY = {
     "EMA of the weights": "the reference's EMAModel (unused there): smoother samples after short training",
     "diffusion training": ("CPU time; batch 16 because, in the same time, twice the updates of half the size learn "
                            "more (phantom-cxr, two residual blocks: precision 0.48 after 5200 steps of 16 against "
-                           "0.43 after 3300 steps of 32)"),
+                           "0.43 after 3300 steps of 32; 0.52 after 7200 steps of 16)"),
     "DDIM steps": "CPU time; the reference's own sample sets use 50 to 250 steps",
     "classifier-free guidance": ("the CPU-sized 3-D model's conditioning is weak without it (measured: "
                                  "ventriculomegaly on its side of the threshold in 51 % of samples at 1, 88 % at 3)"),
