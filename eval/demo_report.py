@@ -89,7 +89,8 @@ def _fmt_kid(row: ImageScores) -> str:
 
 
 def _score_cells(row: ImageScores) -> list:
-    return [row.fid, _fmt_kid(row), row.precision, row.recall, f"{row.n_fake} vs {row.n_real}"]
+    # Precision and recall are fractions of 300-ish images: three decimals in every row, so columns compare.
+    return [row.fid, _fmt_kid(row), f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.n_fake} vs {row.n_real}"]
 
 
 def setting_rows(args, out: Path) -> list[list]:
