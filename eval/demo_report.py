@@ -88,9 +88,14 @@ def _fmt_kid(row: ImageScores) -> str:
     return f"{row.kid_mean:.4f} ± {row.kid_std:.4f}"
 
 
+def _fmt_fraction(value: float | None) -> str:
+    """Precision or recall with three decimals in every row, so that a column compares (None: not computed)."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def _score_cells(row: ImageScores) -> list:
-    # Precision and recall are fractions of 300-ish images: three decimals in every row, so columns compare.
-    return [row.fid, _fmt_kid(row), f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.n_fake} vs {row.n_real}"]
+    return [row.fid, _fmt_kid(row), _fmt_fraction(row.precision), _fmt_fraction(row.recall),
+            f"{row.n_fake} vs {row.n_real}"]
 
 
 def setting_rows(args, out: Path) -> list[list]:

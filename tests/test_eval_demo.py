@@ -188,3 +188,15 @@ def test_the_learning_rate_decays_over_the_last_40_percent_for_images_and_stays_
         assert (config.lr_decay_start, config.lr_decay_end) == (None, None)
     else:
         assert (config.lr_decay_start, config.lr_decay_end) == (total - decayed_steps, total)
+
+
+def test_score_rows_show_precision_and_recall_with_three_decimals_and_na_when_not_computed():
+    """Every score row of the report has the same number of decimals (0.5233 beside 0.73 did not compare), and a
+    set scored from statistics alone (FID only: no precision/recall) reads n/a instead of failing the report."""
+    from eval.demo_report import _score_cells
+
+    full = ImageScores("all", n_real=500, n_fake=300, fid=31.96, kid_mean=0.0234, kid_std=0.002, precision=0.52333,
+                       recall=0.3)
+    assert _score_cells(full)[2:] == ["0.523", "0.300", "300 vs 500"]
+    fid_only = ImageScores("all", n_real=500, n_fake=300, fid=31.96)
+    assert _score_cells(fid_only)[1:4] == ["n/a", "n/a", "n/a"]
