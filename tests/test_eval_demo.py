@@ -156,7 +156,8 @@ def _command_lines(args, ae_dir, diff_dir):
     return ae, diff
 
 
-@pytest.mark.parametrize("argv", [[], ARGS, ["--dataset", "phantom-fundus", "--paper-autoencoder"],
+@pytest.mark.parametrize("argv", [[], ARGS, ["--dataset", "phantom-fundus"],
+                                  ["--dataset", "phantom-fundus", "--paper-autoencoder"],
                                   ["--dataset", "phantom-brain", "--tiny"],
                                   ["--ae-perceptual", "--ae-emb-channels", "8", "--ae-lr", "3e-4", "--ae-hid-chs",
                                    "16,32,32", "--unet-res-blocks", "1", "--lr-decay", "0.3", "--seed", "3",
@@ -188,6 +189,25 @@ def test_the_learning_rate_decays_over_the_last_40_percent_for_images_and_stays_
         assert (config.lr_decay_start, config.lr_decay_end) == (None, None)
     else:
         assert (config.lr_decay_start, config.lr_decay_end) == (total - decayed_steps, total)
+
+
+@pytest.mark.parametrize("argv, steps, hid_chs, decay_start", [
+    ([], 2000, (32, 64, 64), None),
+    (["--dataset", "phantom-histo"], 2000, (32, 64, 64), None),
+    (["--dataset", "phantom-fundus"], 6000, (32, 64, 128), 3000),
+    (["--dataset", "phantom-fundus", "--ae-steps", "2000", "--ae-hid-chs", "32,64,64", "--ae-lr-decay", "0"],
+     2000, (32, 64, 64), None),
+    (["--dataset", "phantom-brain"], 800, (16, 32, 32), None)])
+def test_the_autoencoder_trains_longer_and_wider_with_a_decayed_rate_on_phantom_fundus_only(
+        argv, steps, hid_chs, decay_start, tmp_path):
+    """phantom-fundus's autoencoder learns its RGB pixel noise late, so its demo trains 6000 steps with
+    32,64,128 channels and the rate decayed over the last half; the other data sets keep their sizes, and the
+    flags still set every one of the three."""
+    config = demo.demo_autoencoder_config(demo.parse_args(argv), tmp_path / "autoencoder")
+    assert config.run.steps == steps
+    assert config.model.hid_chs == hid_chs
+    assert config.lr_decay_start == decay_start
+    assert config.lr_decay_end == (None if decay_start is None else steps)
 
 
 def test_score_rows_show_precision_and_recall_with_three_decimals_and_na_when_not_computed():
